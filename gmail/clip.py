@@ -247,7 +247,7 @@ def train_mini_clip(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses
 
@@ -262,7 +262,7 @@ def attribute_prototypes(text_features: torch.Tensor, values: list[str]) -> tupl
     idx = {c: i for i, c in enumerate(classes)}
     labels = torch.tensor([idx[v] for v in values])
     protos = torch.zeros(len(classes), text_features.shape[1])
-    protos.index_add_(0, labels, text_features)
+    protos.index_add_(0, labels, F.normalize(text_features, dim=-1))
     return classes, F.normalize(protos, dim=-1)
 
 

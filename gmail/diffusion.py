@@ -46,7 +46,9 @@ class GeneratorConfig:
     def validate(self, name="generator"):
         if self.family not in FAMILIES:
             raise PipelineError(f"unknown generator family {self.family!r}: use one of {', '.join(FAMILIES)}")
-        if self.resolution % (2 ** (len(self.channels) - 1)) or self.resolution % self.patch:
+        if self.flux_head_dim < 4 or self.flux_head_dim % 4:
+            raise PipelineError(f"{name}.flux_head_dim must be a positive multiple of 4 (rotary axes need even widths), got {self.flux_head_dim}")
+        if self.resolution <= 0 or self.resolution % (2 ** (len(self.channels) - 1)) or self.resolution % self.patch:
             raise PipelineError(f"{name}.resolution {self.resolution} must be divisible by the UNet's downsampling and the patch size")
 
 
@@ -68,7 +70,10 @@ def build_generator(config: GeneratorConfig):
                                   prediction_type="v_prediction", clip_sample=True)
     else:
         head_dim = config.flux_head_dim
-        rope = (head_dim - 2 * (3 * head_dim // 8), 3 * head_dim // 8, 3 * head_dim // 8)
+        # FLUX splits each head's rotary width over (text index, row, col) as 16/56/56 of 128;
+        # keep that ratio with every axis even.
+        axis = 2 * (3 * head_dim // 16)
+        rope = (head_dim - 2 * axis, axis, axis)
         model = FluxTransformer2DModel(
             patch_size=1, in_channels=3 * config.patch ** 2, num_layers=config.flux_layers,
             num_single_layers=config.flux_single_layers, attention_head_dim=head_dim,
@@ -189,7 +194,7 @@ def train_generator(
         opt.step()
         sched.step()
         ema.step(model.parameters())
-        losses.append(float(loss))
+        losses.append(loss.item())
         done = step + 1
         if max_minutes and time.time() - start > 60 * max_minutes:
             break
@@ -218,7 +223,10 @@ def load_generator(directory: str | Path, device: str = "cpu", dtype=torch.float
     meta_path = directory / CONFIG_NAME
     if not meta_path.is_file():
         raise PipelineError(f"no mini generator in {directory} ({CONFIG_NAME} missing): run `dvc repro pretrain/dvc.yaml` or restore it with git")
-    config = GeneratorConfig(**json.loads(meta_path.read_text())["config"])
+    try:
+        config = GeneratorConfig(**json.loads(meta_path.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{meta_path} is not a valid generator description ({exc.__class__.__name__}): restore it with git or retrain") from exc
     config.validate()
     try:
         if config.family == "sd2":

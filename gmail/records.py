@@ -17,8 +17,9 @@ def read_split(jsonl: str | os.PathLike) -> list[dict]:
     jsonl = Path(jsonl)
     records = read_jsonl(jsonl)
     for rec in records:
-        if "path" not in rec or "image_id" not in rec:
-            raise PipelineError(f"{jsonl}: record {rec.get('image_id', '?')} lacks 'image_id' or 'path': regenerate it with the captions stage")
+        missing = [k for k in ("image_id", "path", "captions") if k not in rec]
+        if missing:
+            raise PipelineError(f"{jsonl}: record {rec.get('image_id', '?')} lacks {missing[0]!r}: regenerate it with the captions stage")
         rec["path"] = str((jsonl.parent / rec["path"]).resolve()) if not os.path.isabs(rec["path"]) else rec["path"]
     validate_records(records, str(jsonl))
     return records

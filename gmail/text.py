@@ -48,14 +48,18 @@ def write_text_cache(texts: list[str], path: str, device: str = "cpu") -> None:
     """Save MiniLM embeddings of `texts` to an .npz, for machines without the packaged model
     (a lent GPU machine, say): `encode_texts(..., cache=path)` then reads them from it."""
     unique = sorted(set(texts))
-    np.savez(path, texts=np.array(unique, dtype=object), embeddings=encode_texts(unique, device))
+    with open(path, "wb") as fh:  # a file object: np.savez would append .npz to a bare path
+        np.savez(fh, texts=np.array(unique, dtype=object), embeddings=encode_texts(unique, device))
 
 
 def encode_texts_cached(texts: list[str], cache: str | None, device: str = "cpu") -> np.ndarray:
     """`encode_texts`, or a lookup in an .npz from `write_text_cache` when `cache` is given."""
     if not cache:
         return encode_texts(texts, device)
-    data = np.load(cache, allow_pickle=True)
+    try:
+        data = np.load(cache, allow_pickle=True)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"text cache {cache} cannot be read ({exc.__class__.__name__}): write it with write_text_cache or drop --text-cache") from exc
     index = {t: i for i, t in enumerate(data["texts"].tolist())}
     missing = [t for t in texts if t not in index]
     if missing:

@@ -30,7 +30,7 @@ class DataParams:
         if self.source not in SOURCES:
             raise PipelineError(f"unknown {name}.source {self.source!r}: use one of {', '.join(SOURCES)}")
         for key in ("n_a", "n_b", "n_t"):
-            if getattr(self, key) < (0 if key == "n_a" else 1):
+            if getattr(self, key) < (0 if key == "n_a" and self.source != "easy_vqa" else 1):
                 raise PipelineError(f"{name}.{key} must be positive, got {getattr(self, key)}: fix params.yaml")
 
 
