@@ -1,0 +1,64 @@
+"""GMAIL alignment (paper Eq. 1): a LoRA copy `f_g` of the CLIP image encoder, trained on
+generated images so that each one lands next to the frozen encoder's view `f_r` of the real
+image that shares its caption. (Issue #3 builds the `align` stage on this module.)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gmail.errors import PipelineError
+
+# Pointwise convs of every EfficientNet block, the conv head and the projection: the mini
+# CLIP's counterparts of a ViT's attention/MLP linears (78k LoRA params at rank 4).
+MINI_CLIP_LORA_TARGETS = r".*(conv_pw|conv_pwl|conv_head|proj)$"
+
+
+def parse_rank(rank) -> int | str:
+    """A LoRA rank from params: a positive integer, or "full" for full fine-tuning."""
+    if rank == "full":
+        return "full"
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise PipelineError(f"align.rank must be a positive integer or 'full', got {rank!r}: fix params.yaml")
+    return rank
+
+
+def gmail_loss(z_gen: torch.Tensor, z_real: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """One-directional InfoNCE from generated to real over cosine similarities (Eq. 1).
+
+    Row i of `z_gen` (f_g of generated image i) must pick row i of `z_real` (f_r of the real
+    image with the same caption) among all real rows of the batch; there is no real->generated
+    term, unlike CLIP's symmetric loss.
+    """
+    if z_gen.shape != z_real.shape:
+        raise PipelineError(f"{len(z_gen)} generated vs {len(z_real)} real embeddings: pairs must match one to one")
+    logits = F.normalize(z_gen, dim=-1) @ F.normalize(z_real, dim=-1).t() / tau
+    return F.cross_entropy(logits, torch.arange(len(z_gen), device=z_gen.device))
+
+
+def add_lora(encoder: nn.Module, rank, target_modules: str = MINI_CLIP_LORA_TARGETS, alpha: float | None = None):
+    """A trainable copy of `encoder`: peft LoRA of `rank` on `target_modules`, or a full copy.
+
+    The original `encoder` is left untouched (it stays the frozen `f_r`).
+    """
+    rank = parse_rank(rank)
+    f_g = copy.deepcopy(encoder)
+    if rank == "full":
+        for p in f_g.parameters():
+            p.requires_grad_(True)
+        return f_g
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=target_modules,
+                        lora_dropout=0.0, bias="none")
+    return get_peft_model(f_g, config)
+
+
+@torch.no_grad()
+def paired_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> float:
+    """Mean cosine similarity of row-aligned embeddings (paper Table 14)."""
+    return float((F.normalize(z_a, dim=-1) * F.normalize(z_b, dim=-1)).sum(-1).mean())
