@@ -53,28 +53,31 @@ class GenParams:
 
 
 def mini_images(p: GenParams, prompts: list[str], seeds: list[int], device: str):
-    """Yield (index, uint8 image) from the committed mini generator."""
+    """Iterator of (index, uint8 image) from the committed mini generator (loaded up front)."""
     from gmail.diffusion import load_generator
     from gmail.sampling import sample
     from gmail.text import encode_texts
 
     model, scheduler, config = load_generator(getattr(p, p.model), device, torch_dtype(p.dtype))
     cond = torch.from_numpy(encode_texts(prompts))
-    for i in range(0, len(prompts), p.batch_size):
-        batch = sample(model, scheduler, config, cond[i:i + p.batch_size], seeds[i:i + p.batch_size],
-                       p.steps, p.guidance, device, torch_dtype(p.dtype))
-        for j, img in enumerate(batch):
-            yield i + j, img
+
+    def images():
+        for i in range(0, len(prompts), p.batch_size):
+            batch = sample(model, scheduler, config, cond[i:i + p.batch_size], seeds[i:i + p.batch_size],
+                           p.steps, p.guidance, device, torch_dtype(p.dtype))
+            yield from ((i + j, img) for j, img in enumerate(batch))
+
+    return images()
 
 
 def paper_images(p: GenParams, prompts: list[str], seeds: list[int], device: str):
-    """Yield (index, uint8 image) from the paper's SD2 / FLUX pipelines."""
+    """Iterator of (index, uint8 image) from the paper's SD2 / FLUX pipelines (loaded up front)."""
     from gmail.paper_generation import generate_paper_images, load_paper_pipeline
 
     pipe = load_paper_pipeline(p.model, getattr(p, p.model), p.dtype, device)
     size = p.resolution or 512
-    for i, img in generate_paper_images(pipe, prompts, seeds, p.steps, p.guidance, size, size, p.batch_size):
-        yield i, np.asarray(img.convert("RGB"))
+    return ((i, np.asarray(img.convert("RGB")))
+            for i, img in generate_paper_images(pipe, prompts, seeds, p.steps, p.guidance, size, size, p.batch_size))
 
 
 def main(argv=None):
