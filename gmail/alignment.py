@@ -62,3 +62,37 @@ def add_lora(encoder: nn.Module, rank, target_modules: str = MINI_CLIP_LORA_TARG
 def paired_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> float:
     """Mean cosine similarity of row-aligned embeddings (paper Table 14)."""
     return float((F.normalize(z_a, dim=-1) * F.normalize(z_b, dim=-1)).sum(-1).mean())
+
+
+def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tensor, steps: int,
+                    batch_size: int = 256, lr: float = 1e-4, weight_decay: float = 0.01, tau: float = 0.07,
+                    restart_steps: int = 100, max_grad_norm: float = 1.0, seed: int = 0,
+                    device: str = "cpu", progress: bool = True) -> list[float]:
+    """Train `f_g` with `gmail_loss` on (generated image, f_r(real) embedding) pairs.
+
+    `generated` is (N, 3, H, W) float in [0, 1]; `z_real` (N, D) the frozen encoder's
+    embeddings of the paired real images, computed once. AdamW, cosine annealing with warm
+    restarts every `restart_steps`, gradient clipping, as the paper. BatchNorm statistics
+    stay those of f_r (the copy runs in eval mode; only adapter weights learn).
+    """
+    from tqdm.auto import tqdm
+
+    params = [p for p in f_g.parameters() if p.requires_grad]
+    if not params:
+        raise PipelineError("the aligned encoder has no trainable parameters: check align.rank")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(restart_steps, 1))
+    gen = torch.Generator().manual_seed(seed)
+    f_g.to(device).eval()
+    z_real = z_real.to(device)
+    losses = []
+    for _ in tqdm(range(steps), desc="align f_g", disable=not progress):
+        idx = torch.randperm(len(generated), generator=gen)[:batch_size]
+        loss = gmail_loss(f_g(generated[idx].to(device)), z_real[idx.to(device)], tau)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
