@@ -266,3 +266,32 @@ def test_bad_generation_arguments(sd2_pipe):
         list(generate_paper_images(sd2_pipe, CAPTIONS[:1], SEEDS[:1], 1, 1.0, SIZE + 1, SIZE, 1))
     with pytest.raises(PipelineError, match="batch"):
         list(generate_paper_images(sd2_pipe, CAPTIONS[:1], SEEDS[:1], 1, 1.0, SIZE, SIZE, 0))
+
+
+@pytest.mark.parametrize("family", ["sd2", "flux"])
+def test_generate_stage_at_paper_scale(family, request, tmp_path, monkeypatch):
+    """stages.generate with gen.scale=paper loads the saved pipeline through load_paper_pipeline."""
+    import json
+
+    import yaml
+    from PIL import Image as PILImage
+
+    from stages import generate
+
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    monkeypatch.chdir(tmp_path)
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    rows = [{"image_id": f"im{i}", "path": f"images/im{i}.png", "captions": [f"a red shape number {i}"]} for i in range(3)]
+    (caps / "B.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {"seed": 3, "gen": {"scale": "paper", "model": family, family: str(model_dir), "steps": STEPS,
+                                 "guidance": 2.0, "resolution": SIZE, "batch_size": 2, "dtype": "float32",
+                                 "device": "cpu", "captions": str(caps), "out": str(tmp_path / "gen")}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    generate.main(["--params", str(tmp_path / "p.yaml")])
+    out = [json.loads(x) for x in (tmp_path / "gen/generated.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in out] == ["im0", "im1", "im2"] and [r["seed"] for r in out] == [3, 4, 5]
+    for r in out:
+        assert PILImage.open(tmp_path / "gen" / r["path"]).size == (SIZE, SIZE)
+    metrics = json.loads((tmp_path / "metrics/generate.json").read_text())
+    assert metrics["scale"] == "paper" and metrics["model"] == family and metrics["count"] == 3
