@@ -266,13 +266,24 @@ def attribute_prototypes(text_features: torch.Tensor, values: list[str]) -> tupl
     return classes, F.normalize(protos, dim=-1)
 
 
+def attribute_classifier(model: MiniClip, records: list[dict], attribute: str,
+                         sentence_embeddings: np.ndarray, device: str = "cpu") -> tuple[list[str], torch.Tensor]:
+    """(classes, prototypes) for one attribute from every reference caption of `records`.
+
+    `sentence_embeddings` holds the MiniLM embeddings of those captions, flattened in record
+    order, so several attributes can share one encoding pass.
+    """
+    text = encode_sentences(model, sentence_embeddings, device)
+    return attribute_prototypes(text, [r["attributes"][attribute] for r in records for _ in r["captions"]])
+
+
 def zero_shot_accuracy(image_features: torch.Tensor, labels: list[str], classes: list[str], prototypes: torch.Tensor) -> float:
     """Fraction of images whose nearest prototype is their label."""
     pred = (image_features @ prototypes.t()).argmax(1)
     return float(np.mean([classes[p] == y for p, y in zip(pred.tolist(), labels)]))
 
 
-def caption_retrieval_r1(image_features: torch.Tensor, caption_features: torch.Tensor, caption_owner: list[int],
+def caption_retrieval_r1(image_features: torch.Tensor, caption_features: torch.Tensor,
                          captions: list[str], image_captions: list[set[str]]) -> dict[str, float]:
     """Zero-shot retrieval R@1 both ways, counting a hit when the texts match exactly.
 

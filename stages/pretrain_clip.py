@@ -39,19 +39,16 @@ def evaluate(model, records_t, records_a, device) -> dict:
     img = mc.encode_images(model.visual, load_split_images(records_t), device=device)
     caps = [c for r in records_t for c in r["captions"]]
     txt = mc.encode_sentences(model, encode_texts(caps, device), device)
-    metrics = mc.caption_retrieval_r1(img, txt, [i for i, r in enumerate(records_t) for _ in r["captions"]],
-                                      caps, [set(r["captions"]) for r in records_t])
+    metrics = mc.caption_retrieval_r1(img, txt, caps, [set(r["captions"]) for r in records_t])
     metrics.update(attribute_accuracy(model, img, records_t, records_a, device))
     return metrics
 
 
 def attribute_accuracy(model, image_features, records_t, records_a, device) -> dict:
     out = {}
-    caps_a = [c for r in records_a for c in r["captions"]]
-    txt_a = mc.encode_sentences(model, encode_texts(caps_a, device), device)
+    emb_a = encode_texts([c for r in records_a for c in r["captions"]], device)
     for attr in ("colour", "shape"):
-        values = [r["attributes"][attr] for r in records_a for _ in r["captions"]]
-        classes, protos = mc.attribute_prototypes(txt_a, values)
+        classes, protos = mc.attribute_classifier(model, records_a, attr, emb_a, device)
         out[f"{attr}_acc"] = mc.zero_shot_accuracy(image_features, [r["attributes"][attr] for r in records_t], classes, protos)
     return out
 

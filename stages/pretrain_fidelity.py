@@ -60,14 +60,13 @@ def main(argv=None):
 
     # 2. Zero-shot colour and shape accuracy of f_r on real and on generated T.
     clip = mc.load_mini_clip(clip_dir, device)
-    caps_a = [c for r in records_a for c in r["captions"]]
-    txt_a = mc.encode_sentences(clip, encode_texts(caps_a), device)
+    emb_a = encode_texts([c for r in records_a for c in r["captions"]])
     real = load_split_images(records_t)
     feats = {"real": mc.encode_images(clip.visual, real, device=device),
              "generated": mc.encode_images(clip.visual, generated, device=device)}
     metrics = {}
     for attr in ("colour", "shape"):
-        classes, protos = mc.attribute_prototypes(txt_a, [r["attributes"][attr] for r in records_a for _ in r["captions"]])
+        classes, protos = mc.attribute_classifier(clip, records_a, attr, emb_a, device)
         labels = [r["attributes"][attr] for r in records_t]
         for kind, f in feats.items():
             metrics[f"{attr}_acc_{kind}"] = mc.zero_shot_accuracy(f, labels, classes, protos)

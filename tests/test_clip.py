@@ -233,9 +233,8 @@ def test_caption_retrieval_r1_known_answer():
     captions = ["red circle", "blue square", "green triangle", "red circle"]
     # Caption 3 repeats caption 0's text but sits closest to image 2.
     caption_features = torch.stack([e[0], e[1], 0.9 * e[1] + 0.1 * e[2], e[2]])
-    owner = [0, 1, 2, 0]
     refs = [{"red circle"}, {"blue square"}, {"green triangle"}]
-    out = mc.caption_retrieval_r1(images, caption_features, owner, captions, refs)
+    out = mc.caption_retrieval_r1(images, caption_features, captions, refs)
     # image->text: image0 -> "red circle" (hit), image1 -> "blue square" (hit), image2 -> caption 3 "red circle" (miss)
     assert out["i2t_r1"] == pytest.approx(2 / 3)
     # text->image: c0 -> img0 hit, c1 -> img1 hit, c2 -> img1 miss, c3 -> img2 miss
@@ -248,5 +247,5 @@ def test_caption_retrieval_counts_identical_texts_as_hits():
     captions = ["a red circle", "a red circle"]  # two images with the same attributes
     caption_features = torch.stack([e[1], e[0]])  # each caption nearest the *other* image
     refs = [{"a red circle"}, {"a red circle"}]
-    out = mc.caption_retrieval_r1(images, caption_features, [0, 1], captions, refs)
+    out = mc.caption_retrieval_r1(images, caption_features, captions, refs)
     assert out == {"i2t_r1": 1.0, "t2i_r1": 1.0}
