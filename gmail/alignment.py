@@ -1,22 +1,20 @@
 """GMAIL alignment (paper Eq. 1): a LoRA copy `f_g` of the CLIP image encoder, trained on
 generated images so that each one lands next to the frozen encoder's view `f_r` of the real
-image that shares its caption. (Issue #3 builds the `align` stage on this module.)
+image that shares its caption. The `align` stage drives it; `gmail.encoders` supplies `f_r`
+and which of its layers get LoRA.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gmail.errors import PipelineError
-
-# Pointwise convs of every EfficientNet block, the conv head and the projection: the mini
-# CLIP's counterparts of a ViT's attention/MLP linears (78k LoRA params at rank 4).
-MINI_CLIP_LORA_TARGETS = r".*(conv_pw|conv_pwl|conv_head|proj)$"
-
 
 def parse_rank(rank) -> int | str:
     """A LoRA rank from params: a positive integer, or "full" for full fine-tuning."""
@@ -40,10 +38,12 @@ def gmail_loss(z_gen: torch.Tensor, z_real: torch.Tensor, tau: float = 0.07) -> 
     return F.cross_entropy(logits, torch.arange(len(z_gen), device=z_gen.device))
 
 
-def add_lora(encoder: nn.Module, rank, target_modules: str = MINI_CLIP_LORA_TARGETS, alpha: float | None = None):
-    """A trainable copy of `encoder`: peft LoRA of `rank` on `target_modules`, or a full copy.
+def add_lora(encoder: nn.Module, rank, target_modules: str, alpha: float | None = None):
+    """A trainable copy of `encoder`: peft LoRA of `rank` on `target_modules` (a regex over
+    module names), or a full copy with every weight trainable (`rank="full"`).
 
-    The original `encoder` is left untouched (it stays the frozen `f_r`).
+    The original `encoder` is left untouched (it stays the frozen `f_r`). LoRA's B matrices
+    start at zero, so the copy starts out computing exactly `f_r`.
     """
     rank = parse_rank(rank)
     f_g = copy.deepcopy(encoder)
@@ -64,16 +64,24 @@ def paired_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> float:
     return float((F.normalize(z_a, dim=-1) * F.normalize(z_b, dim=-1)).sum(-1).mean())
 
 
+def base_model(f_g: nn.Module) -> nn.Module:
+    """The wrapped encoder inside a peft model (LoRA layers injected in place), or `f_g` itself."""
+    return f_g.get_base_model() if hasattr(f_g, "get_base_model") else f_g
+
+
 def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tensor, steps: int,
                     batch_size: int = 256, lr: float = 1e-4, weight_decay: float = 0.01, tau: float = 0.07,
                     restart_steps: int = 100, max_grad_norm: float = 1.0, seed: int = 0,
-                    device: str = "cpu", progress: bool = True) -> list[float]:
-    """Train `f_g` with `gmail_loss` on (generated image, f_r(real) embedding) pairs.
+                    device: str = "cpu", progress: bool = True,
+                    forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+    """Train `f_g` with `gmail_loss` on (generated input, f_r(real) embedding) pairs.
 
-    `generated` is (N, 3, H, W) float in [0, 1]; `z_real` (N, D) the frozen encoder's
-    embeddings of the paired real images, computed once. AdamW, cosine annealing with warm
-    restarts every `restart_steps`, gradient clipping, as the paper. BatchNorm statistics
-    stay those of f_r (the copy runs in eval mode; only adapter weights learn).
+    `generated` holds one input per generated image: (N, 3, H, W) float images in [0, 1], or
+    the frozen trunk's features of them when `forward` is the trainable head (see
+    `gmail.encoders`). `z_real` (N, D) holds the frozen encoder's embeddings of the paired
+    real images, computed once. AdamW, cosine annealing with warm restarts every
+    `restart_steps`, gradient clipping, as the paper. BatchNorm statistics stay those of f_r
+    (the copy runs in eval mode; only the adapter weights learn).
     """
     from tqdm.auto import tqdm
 
@@ -84,11 +92,12 @@ def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tenso
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(restart_steps, 1))
     gen = torch.Generator().manual_seed(seed)
     f_g.to(device).eval()
+    forward = forward or f_g
     z_real = z_real.to(device)
     losses = []
     for _ in tqdm(range(steps), desc="align f_g", disable=not progress):
         idx = torch.randperm(len(generated), generator=gen)[:batch_size]
-        loss = gmail_loss(f_g(generated[idx].to(device)), z_real[idx.to(device)], tau)
+        loss = gmail_loss(forward(generated[idx].to(device)), z_real[idx.to(device)], tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -96,3 +105,15 @@ def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tenso
         sched.step()
         losses.append(loss.item())
     return losses
+
+
+def noise_images(n: int, size: int, seed: int) -> np.ndarray:
+    """(n, size, size, 3) uint8 uniform noise; image i depends only on `seed + i`.
+
+    The `noise` control aligns and trains on these in place of generated images: whatever a
+    captioner gains from them is a per-pair lookup, not information about the image.
+    """
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        out[i] = np.random.default_rng(seed + i).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    return out

@@ -68,6 +68,17 @@ def write_json(path: str | os.PathLike, obj) -> None:
         fh.write("\n")
 
 
+def read_json(path: str | os.PathLike):
+    """Read a JSON file; a missing or malformed file is a PipelineError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: rerun the stage that writes it (dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON (line {exc.lineno}): rerun the stage that writes it") from exc
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Write one JSON object per line atomically."""
     with atomic_file(path) as fh:

@@ -1,8 +1,11 @@
-"""Stage `align`: GMAIL alignment of a LoRA copy f_g of the mini CLIP image tower (Eq. 1).
+"""Stage `align@<source>`: GMAIL alignment of a LoRA copy f_g of f_r's image tower (Eq. 1).
 
-Pairs are (generated B image, real B image with the same caption). The last `align.heldout`
-pairs are held out of alignment, so cosine before/after on them tells alignment apart from a
-per-pair lookup.
+Pairs are (B image from `source`, real B image with the same caption); `source` is
+`generated` (the method) or `noise` (a control: uniform-noise images in place of generated
+ones). The last `align.heldout` pairs are held out of alignment, so cosine before/after on
+them tells alignment apart from a per-pair lookup. Writes the adapter, the embeddings of the
+source images through f_r and f_g and of the real T images through f_g, metrics and a t-SNE
+plot.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import torch
 
 from gmail import alignment
 from gmail.cli import offline, run, stage_parser
-from gmail.clip import encode_images, images_to_tensor, load_mini_clip
+from gmail.clip import images_to_tensor
 from gmail.config import get_seed, load_params, pick_device, section, set_seed
+from gmail.encoders import (EncoderParams, head_embeddings, load_tower_from_params, read_embeddings, trunk_features,
+                            write_embeddings)
 from gmail.errors import PipelineError
 from gmail.io import atomic_dir, atomic_file, write_json
 from gmail.records import load_split_images, read_split
+
+SOURCES = ("generated", "noise")
 
 
 @dataclass
@@ -29,32 +36,36 @@ class AlignParams:
     rank: Union[int, str] = 4
     steps: int = 300
     batch_size: int = 256
-    lr: float = 1e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
     tau: float = 0.07
-    restart_steps: int = 100
+    restart_steps: int = 150
     heldout: int = 300
-    clip: str = "pretrain/models/clip"
+    noise_size: int = 32
     captions: str = "data/captions"
     generated: str = "data/generated"
-    device: str = "auto"
+    real_embeddings: str = "data/embeddings/real"
+    embeddings: str = "data/embeddings"
     out: str = "data/align"
 
     def validate(self, name):
         self.rank = alignment.parse_rank(self.rank)
-        if self.steps < 1 or self.batch_size < 1 or self.heldout < 0 or self.tau <= 0:
-            raise PipelineError(f"{name}.steps/batch_size must be positive, heldout >= 0 and tau > 0: fix params.yaml")
+        if self.steps < 0 or self.batch_size < 1 or self.restart_steps < 1 or self.heldout < 0 or self.tau <= 0 or self.noise_size < 1:
+            raise PipelineError(f"{name}: steps must be >= 0 (0 = alignment off), batch_size, restart_steps and "
+                                "noise_size positive, heldout >= 0 and tau > 0: fix params.yaml")
 
 
-def pairs(p: AlignParams):
-    """Real B and generated records matched by image id; any mismatch is an error."""
+def pairs(p: AlignParams, source: str, seed: int):
+    """Real B records and the source's images in the same order; any mismatch is an error."""
     real = read_split(Path(p.captions) / "B.jsonl")
+    if p.heldout >= len(real):
+        raise PipelineError(f"align.heldout={p.heldout} leaves no pairs to align out of {len(real)}: lower it")
+    if source == "noise":
+        return real, alignment.noise_images(len(real), p.noise_size, seed)
     gen = read_split(Path(p.generated) / "generated.jsonl")
     if len(real) != len(gen) or [r["image_id"] for r in real] != [g["image_id"] for g in gen]:
         raise PipelineError(f"{len(gen)} generated images do not pair with {len(real)} real B images by id: rerun `dvc repro generate`")
-    if p.heldout >= len(real):
-        raise PipelineError(f"align.heldout={p.heldout} leaves no pairs to align out of {len(real)}: lower it")
-    return real, gen
+    return real, None
 
 
 def tsne_plot(z_real, z_gen_before, z_gen_after, path, seed):
@@ -81,48 +92,70 @@ def tsne_plot(z_real, z_gen_before, z_gen_after, path, seed):
 
 
 def main(argv=None):
-    args = stage_parser(__doc__).parse_args(argv)
+    parser = stage_parser(__doc__)
+    parser.add_argument("--source", default="generated", help="images aligned to real B: generated | noise")
+    parser.add_argument("--metrics", default="metrics/align.json", help="metrics JSON to write")
+    parser.add_argument("--plot", default="", help="t-SNE plot PNG to write (empty: none)")
+    args = parser.parse_args(argv)
     offline()
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
+    if args.source not in SOURCES:
+        raise PipelineError(f"unknown alignment source {args.source!r}: use one of {', '.join(SOURCES)}")
+    enc = section(params.get("encoder", {}), EncoderParams, "encoder")
     p = section(params.get("align", {}), AlignParams, "align")
-    device = pick_device(p.device)
+    device = pick_device(enc.device)
 
-    # 1. Pairs, images, frozen f_r embeddings of the real images.
-    real, gen = pairs(p)
-    f_r = load_mini_clip(p.clip, device).visual
-    for q in f_r.parameters():
-        q.requires_grad_(False)
-    real_img, gen_img = load_split_images(real), load_split_images(gen)
-    z_real = encode_images(f_r, real_img, device=device)
+    # 1. Pairs; f_r's embeddings of real B (stage embed) and of the source images.
+    real, noise = pairs(p, args.source, seed)
+    ids = [r["image_id"] for r in real]
+    t_ids = [r["image_id"] for r in read_split(Path(p.captions) / "T.jsonl")]
+    z_real = read_embeddings(p.real_embeddings, "B.f_r", ids)
+    tower = load_tower_from_params(enc, device)
+    if noise is None:
+        images = load_split_images(read_split(Path(p.generated) / "generated.jsonl"), tower.load_size)
+    else:
+        images = noise
+    feats = trunk_features(tower, images_to_tensor(images), enc.batch_size, device)
+    z_before = head_embeddings(tower.head, feats, enc.batch_size, device)
     n_align = len(real) - p.heldout
     parts = {"aligned": slice(0, n_align), "heldout": slice(n_align, len(real))}
 
-    # 2. Alignment on the aligned part only.
-    z_before = encode_images(f_r, gen_img, device=device)
-    f_g = alignment.add_lora(f_r, p.rank)
+    # 2. Alignment on the aligned part only; the frozen trunk's features are computed once.
+    f_g = alignment.add_lora(tower, p.rank, tower.lora_targets)
+    head = alignment.base_model(f_g).head
+    # With rank "full" every weight is trainable, but only the head's get gradients: the trunk
+    # ran once, ahead of training (mini scale: blocks 0-5, which the mini CLIP never trained).
     losses = alignment.train_alignment(
-        f_g, images_to_tensor(gen_img[:n_align]), z_real[:n_align], p.steps, p.batch_size, p.lr,
-        p.weight_decay, p.tau, p.restart_steps, seed=seed, device=device)
-    z_after = encode_images(f_g, gen_img, device=device)
+        f_g, feats[:n_align], z_real[:n_align], p.steps, p.batch_size, p.lr, p.weight_decay, p.tau,
+        p.restart_steps, seed=seed, device=device, forward=head) if p.steps else []
+    z_after = head_embeddings(head, feats, enc.batch_size, device)
+    t_images = load_split_images(read_split(Path(p.captions) / "T.jsonl"), tower.load_size)
+    z_t = head_embeddings(head, trunk_features(tower, images_to_tensor(t_images), enc.batch_size, device),
+                          enc.batch_size, device)
 
-    # 3. Outputs: adapter (or full weights), metrics, t-SNE plot.
-    metrics = {"cos_before": {}, "cos_after": {}, "rank": str(p.rank), "final_loss": float(np.mean(losses[-20:]))}
+    # 3. Outputs: adapter (or full weights), embeddings, metrics, t-SNE plot.
+    metrics = {"source": args.source, "rank": str(p.rank), "steps": p.steps, "pairs_aligned": n_align,
+               "pairs_heldout": p.heldout, "cos_before": {}, "cos_after": {},
+               "final_loss": float(np.mean(losses[-20:])) if losses else None}
     for name, sl in parts.items():
         if sl.stop > sl.start:
             metrics["cos_before"][name] = alignment.paired_cosine(z_before[sl], z_real[sl])
             metrics["cos_after"][name] = alignment.paired_cosine(z_after[sl], z_real[sl])
-    with atomic_dir(p.out) as tmp:
+    with atomic_dir(Path(p.out) / args.source) as tmp:
         if p.rank == "full":
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in f_g.state_dict().items()}, str(tmp / "f_g.safetensors"))
         else:
             f_g.save_pretrained(str(tmp / "adapter"))
-    write_json("metrics/align.json", metrics)
-    tsne_plot(z_real.numpy(), z_before.numpy(), z_after.numpy(), "plots/align_tsne.png", seed)
-    print("paired cosine before -> after: " + ", ".join(
+    with atomic_dir(Path(p.embeddings) / args.source) as tmp:
+        write_embeddings(tmp, {"B.f_r": z_before, "B.f_g": z_after, "T.f_g": z_t}, {"B": ids, "T": t_ids})
+    write_json(args.metrics, metrics)
+    if args.plot:
+        tsne_plot(z_real.numpy(), z_before.numpy(), z_after.numpy(), args.plot, seed)
+    print(f"{args.source}: paired cosine before -> after: " + ", ".join(
         f"{k} {metrics['cos_before'][k]:.3f} -> {metrics['cos_after'][k]:.3f}" for k in metrics["cos_before"]))
 
 

@@ -60,7 +60,7 @@ def test_lora_copy_starts_equal_trains_only_adapters_and_leaves_original_alone()
     torch.manual_seed(0)
     f_r = Tiny()
     before = {k: v.clone() for k, v in f_r.state_dict().items()}
-    f_g = add_lora(f_r, rank=2)
+    f_g = add_lora(f_r, rank=2, target_modules=r".*(conv_pw|proj)$")
     x = torch.randn(5, 3, 4, 4)
     assert torch.allclose(f_g(x), f_r(x))  # LoRA B starts at zero
     trainable = [n for n, p in f_g.named_parameters() if p.requires_grad]
@@ -75,7 +75,7 @@ def test_lora_copy_starts_equal_trains_only_adapters_and_leaves_original_alone()
 
 
 def test_full_rank_copy_trains_everything():
-    f_g = add_lora(Tiny(), rank="full")
+    f_g = add_lora(Tiny(), rank="full", target_modules="unused")
     assert all(p.requires_grad for p in f_g.parameters())
 
 

@@ -14,6 +14,9 @@ COPY = ["gmail", "stages", "dvc.yaml", "pretrain/dvc.yaml", "pretrain/dvc.lock",
         "pretrain/models", "metrics/pretrain", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
+VARIANTS = ("synthetic", "gmail", "real", "gmail_heldout", "noise")
+
+
 def _run(cmd, cwd, env):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -34,6 +37,10 @@ def tiny_repo(tmp_path_factory):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"].update(n_a=6, n_b=4, n_t=2)
     params["gen"].update(steps=2, batch_size=3, device="cpu")
+    params["encoder"].update(device="cpu")
+    params["align"].update(steps=2, batch_size=4, heldout=1)
+    params["caption"].update(seeds=1, steps=2, batch_size=4, device="cpu")
+    params["caption"]["model"].update(n_embd=16, n_head=2, prefix_hidden=16)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
@@ -57,6 +64,13 @@ def test_repro_runs_to_the_end_then_is_a_no_op(tiny_repo):
     b = (work / "data/captions/B.jsonl").read_text().splitlines()
     assert [json.loads(x)["image_id"] for x in lines] == [json.loads(x)["image_id"] for x in b]
 
+    for variant in VARIANTS:
+        m = json.loads((work / f"metrics/caption/{variant}.json").read_text())
+        assert m["seeds"] == 1 and m["bleu4"]["std"] == 0 and m["spice"] is None
+        assert (work / f"data/predictions/caption/{variant}/seed0.json").is_file()
+    shown = _run(["dvc", "metrics", "show", "--json"], work, env)
+    assert all(f"metrics/caption/{v}.json" in shown for v in VARIANTS) and "metrics/align.json" in shown
+
     again = _run(["dvc", "repro"], work, env)
     assert "Running stage" not in again
     assert "up to date" in _run(["dvc", "status", "dvc.yaml"], work, env)
@@ -70,5 +84,9 @@ def test_exp_run_flux_reruns_only_generation(tiny_repo):
     _run(["git", "commit", "-qm", "repro"], work, env)
     out = _run(["dvc", "exp", "run", "-S", "gen.model=flux"], work, env)
     assert "Running stage 'generate'" in out
-    assert "Running stage 'captions'" not in out
+    # Whatever reads generated images reruns; the real-image and noise branches do not.
+    for stage in ("align@generated", "caption@synthetic", "caption@gmail", "caption@gmail_heldout", "eval_caption"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("captions", "embed", "align@noise", "caption@real", "caption@noise"):
+        assert f"Running stage '{stage}'" not in out
     assert json.loads((work / "metrics/generate.json").read_text())["model"] == "flux"

@@ -1,90 +1,106 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from PIL import Image
 
+from conftest import write_params
 from gmail.cli import run
-from gmail.clip import MiniClip, save_mini_clip
-from stages import align, captions
+from stages import align, embed
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("align")
-    params = {"seed": 0, "data": {"n_a": 1, "n_b": 6, "n_t": 1, "out": str(root / "captions")}}
-    (root / "p.yaml").write_text(yaml.safe_dump(params))
-    cwd = Path.cwd()
+def ws(downstream_workspace):
     import os
 
-    os.chdir(root)
+    old = os.getcwd()
+    os.chdir(downstream_workspace)
     try:
-        captions.main(["--params", str(root / "p.yaml")])
+        embed.main(["--params", "params.yaml"])
     finally:
-        os.chdir(cwd)
-    # "Generated" images: the real B images at 32 px with a colour shift, same ids and captions.
-    gen_dir = root / "generated"
-    (gen_dir / "images").mkdir(parents=True)
-    rows = []
-    for line in (root / "captions/B.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        img = Image.open(root / "captions" / rec["path"]).convert("RGB").resize((32, 32))
-        arr = np.clip(np.asarray(img).astype(int) + 20, 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(gen_dir / f"images/{rec['image_id']}.png")
-        rows.append({"image_id": rec["image_id"], "path": f"images/{rec['image_id']}.png", "captions": rec["captions"]})
-    (gen_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_mini_clip(MiniClip(), root / "clip")
-    return root
+        os.chdir(old)
+    return downstream_workspace
 
 
-def _params(root, **align_kw):
-    cfg = {"rank": 2, "steps": 3, "batch_size": 4, "heldout": 2, "restart_steps": 2, "device": "cpu",
-           "clip": str(root / "clip"), "captions": str(root / "captions"), "generated": str(root / "generated"),
-           "out": str(root / "align_out")}
-    cfg.update(align_kw)
-    path = root / "align.yaml"
-    path.write_text(yaml.safe_dump({"seed": 0, "align": cfg}))
-    return str(path)
+def test_embed_writes_f_r_embeddings_of_real_b_and_t(ws):
+    ids = json.loads((ws / "data/embeddings/real/ids.json").read_text())
+    assert len(ids["B"]) == 6 and len(ids["T"]) == 3
+    z = np.load(ws / "data/embeddings/real/B.f_r.npy")
+    assert z.shape == (6, 256) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
 
 
-def test_align_writes_adapter_metrics_and_plot(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    align.main(["--params", _params(workdir)])
-    assert (workdir / "align_out/adapter/adapter_config.json").is_file()
-    m = json.loads((workdir / "metrics/align.json").read_text())
+def test_align_writes_adapter_embeddings_metrics_and_plot(ws, monkeypatch):
+    monkeypatch.chdir(ws)
+    align.main(["--params", "params.yaml", "--source", "generated", "--plot", "plots/align_tsne.png"])
+    assert (ws / "data/align/generated/adapter/adapter_config.json").is_file()
+    m = json.loads((ws / "metrics/align.json").read_text())
     for key in ("cos_before", "cos_after"):
         assert set(m[key]) == {"aligned", "heldout"}
         assert all(-1 <= v <= 1 for v in m[key].values())
     assert m["cos_after"]["aligned"] != m["cos_before"]["aligned"]
-    assert (workdir / "plots/align_tsne.png").stat().st_size > 0
+    assert m["pairs_aligned"] == 4 and m["pairs_heldout"] == 2
+    assert (ws / "plots/align_tsne.png").stat().st_size > 0
+    emb = ws / "data/embeddings/generated"
+    before, after = np.load(emb / "B.f_r.npy"), np.load(emb / "B.f_g.npy")
+    assert before.shape == after.shape == (6, 256) and not np.allclose(before, after)
+    assert np.load(emb / "T.f_g.npy").shape == (3, 256)
+    # f_r's view of the generated images matches what the frozen encoder gives: cos_before.
+    real = np.load(ws / "data/embeddings/real/B.f_r.npy")
+    assert m["cos_before"]["aligned"] == pytest.approx(float((before[:4] * real[:4]).sum(1).mean()), abs=1e-5)
 
 
-def test_full_rank_saves_weights(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    align.main(["--params", _params(workdir, rank="full", out=str(workdir / "full_out"))])
-    assert (workdir / "full_out/f_g.safetensors").is_file()
+def test_zero_steps_is_alignment_off(ws, monkeypatch):
+    monkeypatch.chdir(ws)
+    p = write_params(ws, "off.yaml", align={"steps": 0, "out": "off/align", "embeddings": "off/emb"})
+    align.main(["--params", p, "--source", "generated", "--metrics", "off/align.json"])
+    emb = ws / "off/emb/generated"
+    assert np.allclose(np.load(emb / "B.f_r.npy"), np.load(emb / "B.f_g.npy"), atol=1e-6)
+    m = json.loads((ws / "off/align.json").read_text())
+    assert m["cos_after"] == pytest.approx(m["cos_before"])
 
 
-@pytest.mark.parametrize("bad", [0, -3, "four"])
-def test_bad_rank_is_one_line_error(workdir, monkeypatch, capsys, bad):
-    monkeypatch.chdir(workdir)
-    assert run(align.main, ["--params", _params(workdir, rank=bad, out=str(workdir / "bad_out"))]) == 2
+def test_noise_source_aligns_noise_images(ws, monkeypatch):
+    monkeypatch.chdir(ws)
+    align.main(["--params", "params.yaml", "--source", "noise", "--metrics", "metrics/align-noise.json"])
+    m = json.loads((ws / "metrics/align-noise.json").read_text())
+    assert m["source"] == "noise"
+    gen = np.load(ws / "data/embeddings/generated/B.f_r.npy")
+    noise = np.load(ws / "data/embeddings/noise/B.f_r.npy")
+    assert noise.shape == gen.shape and not np.allclose(noise, gen)
+
+
+def test_full_rank_saves_weights(ws, monkeypatch):
+    monkeypatch.chdir(ws)
+    p = write_params(ws, "full.yaml", align={"rank": "full", "out": "full/align", "embeddings": "full/emb"})
+    align.main(["--params", p, "--source", "generated", "--metrics", "full/align.json"])
+    assert (ws / "full/align/generated/f_g.safetensors").is_file()
+
+
+@pytest.mark.parametrize("bad", [0, -3, "four", 2.5])
+def test_bad_rank_is_one_line_error(ws, monkeypatch, capsys, bad):
+    monkeypatch.chdir(ws)
+    p = write_params(ws, "bad.yaml", align={"rank": bad, "out": "bad/align", "embeddings": "bad/emb"})
+    assert run(align.main, ["--params", p, "--source", "generated", "--metrics", "bad/m.json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "align.rank" in err[0]
-    assert not (workdir / "bad_out").exists()
+    assert not (ws / "bad").exists()
 
 
-def test_mismatched_pairs_and_missing_clip_are_errors(workdir, monkeypatch, capsys, tmp_path):
-    monkeypatch.chdir(workdir)
+def test_mismatched_pairs_missing_clip_and_missing_embeddings_are_errors(ws, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(ws)
     short = tmp_path / "gen"
-    (short).mkdir()
-    lines = (workdir / "generated/generated.jsonl").read_text().splitlines()[:-1]
+    short.mkdir()
+    lines = (ws / "data/generated/generated.jsonl").read_text().splitlines()[:-1]
     (short / "generated.jsonl").write_text("\n".join(lines) + "\n")
-    (short / "images").symlink_to(workdir / "generated/images")
-    assert run(align.main, ["--params", _params(workdir, generated=str(short), out=str(tmp_path / "o1"))]) == 2
-    assert "do not pair" in capsys.readouterr().err
-    assert run(align.main, ["--params", _params(workdir, clip=str(tmp_path / "nope"), out=str(tmp_path / "o2"))]) == 2
-    assert "mini CLIP not found" in capsys.readouterr().err
-    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    (short / "images").symlink_to(ws / "data/generated/images")
+    out = {"out": str(tmp_path / "a"), "embeddings": str(tmp_path / "e")}
+    cases = [
+        (write_params(ws, "e1.yaml", align={**out, "generated": str(short)}), "do not pair"),
+        (write_params(ws, "e2.yaml", align=out, encoder={"mini": str(tmp_path / "nope")}), "mini CLIP not found"),
+        (write_params(ws, "e3.yaml", align={**out, "real_embeddings": str(tmp_path / "none")}), "embeddings"),
+        (write_params(ws, "e4.yaml", align=out, encoder={"scale": "huge"}), "encoder.scale"),
+    ]
+    for params, message in cases:
+        assert run(align.main, ["--params", params, "--source", "generated", "--metrics", str(tmp_path / "m.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists() and not (tmp_path / "m.json").exists()
