@@ -117,3 +117,38 @@ def noise_images(n: int, size: int, seed: int) -> np.ndarray:
     for i in range(n):
         out[i] = np.random.default_rng(seed + i).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     return out
+
+
+def load_f_g(f_r: nn.Module, directory) -> nn.Module:
+    """The aligned encoder saved by the align stage in `directory`, on top of `f_r`.
+
+    `directory/adapter` holds a peft LoRA adapter (`save_pretrained`), loaded onto a copy of
+    `f_r` with `PeftModel.from_pretrained`; `directory/f_g.safetensors` holds a full copy's
+    weights (`rank: full`). `f_r` itself is left untouched.
+    """
+    from pathlib import Path
+
+    directory = Path(directory)
+    adapter, full = directory / "adapter", directory / "f_g.safetensors"
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        try:
+            f_g = PeftModel.from_pretrained(copy.deepcopy(f_r), str(adapter))
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise PipelineError(f"adapter {adapter} does not fit this encoder ({exc.__class__.__name__}): "
+                                "use the encoder it was aligned from or rerun `dvc repro align@generated`") from exc
+    elif full.is_file():
+        from safetensors.torch import load_file
+
+        f_g = copy.deepcopy(f_r)
+        try:
+            f_g.load_state_dict(load_file(str(full)))
+        except RuntimeError as exc:
+            raise PipelineError(f"{full} does not fit this encoder: use the encoder it was aligned from or rerun align") from exc
+    else:
+        raise PipelineError(f"no aligned encoder in {directory} (neither adapter/ nor f_g.safetensors): "
+                            "run `dvc repro align@generated` or point --adapter at an align output")
+    for p in f_g.parameters():
+        p.requires_grad_(False)
+    return f_g.eval()

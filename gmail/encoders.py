@@ -26,6 +26,9 @@ from gmail.errors import PipelineError
 # Mini CLIP: block 6's pointwise convs, the conv head and the projection (24k LoRA params at
 # rank 4). Blocks 0-5 come straight from ImageNet and stay frozen in the mini CLIP too.
 MINI_LORA_TARGETS = r".*(blocks\.6\.0\.conv_pw|blocks\.6\.0\.conv_pwl|backbone\.conv_head|proj)$"
+# Mini CLIP, `align.layers: all`: the pointwise convs of every block too (97k params at rank 4),
+# the counterpart of LoRA on every ViT block; no trunk is cached, ~10x slower per step.
+MINI_LORA_TARGETS_ALL = r".*(conv_pw|conv_pwl|backbone\.conv_head|proj)$"
 # open_clip ViT: attention (nn.MultiheadAttention, which peft wraps as a whole) and both MLP
 # linears of every residual block.
 OPENCLIP_LORA_TARGETS = r".*resblocks\.\d+\.(attn|mlp\.c_fc|mlp\.c_proj)$"
@@ -38,7 +41,7 @@ class OpenClipImageTower(nn.Module):
     images one at a time) with the model's `image_mean`/`image_std`.
     """
 
-    lora_targets = OPENCLIP_LORA_TARGETS
+    lora_targets = lora_targets_all = OPENCLIP_LORA_TARGETS
     load_size = None  # filled in from the model: images are loaded at this size
 
     def __init__(self, visual: nn.Module):
@@ -79,6 +82,7 @@ def load_image_tower(scale: str, mini_path: str, name: str = "ViT-B-32", pretrai
 
         tower = load_mini_clip(mini_path, device).visual
         tower.lora_targets = MINI_LORA_TARGETS
+        tower.lora_targets_all = MINI_LORA_TARGETS_ALL
         tower.load_size = None  # the mini CLIP resizes internally (generated 32 px, real 64 px)
     elif scale == "paper":
         import open_clip

@@ -34,6 +34,7 @@ SOURCES = ("generated", "noise")
 @dataclass
 class AlignParams:
     rank: Union[int, str] = 4
+    layers: str = "head"
     steps: int = 300
     batch_size: int = 256
     lr: float = 1e-3
@@ -50,6 +51,8 @@ class AlignParams:
 
     def validate(self, name):
         self.rank = alignment.parse_rank(self.rank)
+        if self.layers not in ("head", "all"):
+            raise PipelineError(f"{name}.layers={self.layers!r} is not one of head, all: fix params.yaml")
         if self.steps < 0 or self.batch_size < 1 or self.restart_steps < 1 or self.heldout < 0 or self.tau <= 0 or self.noise_size < 1:
             raise PipelineError(f"{name}: steps must be >= 0 (0 = alignment off), batch_size, restart_steps and "
                                 "noise_size positive, heldout >= 0 and tau > 0: fix params.yaml")
@@ -68,13 +71,21 @@ def pairs(p: AlignParams, source: str, seed: int):
     return real, None
 
 
-def tsne_plot(z_real, z_gen_before, z_gen_after, path, seed):
+def tsne_plot(z_real, z_gen_before, z_gen_after, path, seed, max_points: int = 600):
+    """Paper Figure 3: t-SNE of real (f_r) and generated embeddings, before and after alignment.
+
+    At most `max_points` pairs (a fixed random subset) are drawn: t-SNE's cost grows
+    quadratically and 600 pairs show the picture as well as all of them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
+    if len(z_real) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(z_real), max_points, replace=False))
+        z_real, z_gen_before, z_gen_after = z_real[keep], z_gen_before[keep], z_gen_after[keep]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for ax, z_gen, title in ((axes[0], z_gen_before, "before (f_r on generated)"), (axes[1], z_gen_after, "after (f_g on generated)")):
         pts = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(z_real) - 1)).fit_transform(
@@ -117,26 +128,28 @@ def main(argv=None):
         images = load_split_images(read_split(Path(p.generated) / "generated.jsonl"), tower.load_size)
     else:
         images = noise
-    feats = trunk_features(tower, images_to_tensor(images), enc.batch_size, device)
-    z_before = head_embeddings(tower.head, feats, enc.batch_size, device)
+    # layers "head": LoRA only after the frozen trunk, whose features are computed once;
+    # layers "all": LoRA in every block, so the inputs are the images themselves.
+    cached = p.layers == "head"
+    inputs = trunk_features(tower, images_to_tensor(images), enc.batch_size, device) if cached else images_to_tensor(images)
+    z_before = head_embeddings(tower.head if cached else tower, inputs, enc.batch_size, device)
     n_align = len(real) - p.heldout
     parts = {"aligned": slice(0, n_align), "heldout": slice(n_align, len(real))}
 
-    # 2. Alignment on the aligned part only; the frozen trunk's features are computed once.
-    f_g = alignment.add_lora(tower, p.rank, tower.lora_targets)
-    head = alignment.base_model(f_g).head
-    # With rank "full" every weight is trainable, but only the head's get gradients: the trunk
-    # ran once, ahead of training (mini scale: blocks 0-5, which the mini CLIP never trained).
+    # 2. Alignment on the aligned part only.
+    f_g = alignment.add_lora(tower, p.rank, tower.lora_targets if cached else tower.lora_targets_all)
+    # With rank "full" every weight is trainable; with a cached trunk only the head's get gradients.
+    forward = alignment.base_model(f_g).head if cached else alignment.base_model(f_g)
     losses = alignment.train_alignment(
-        f_g, feats[:n_align], z_real[:n_align], p.steps, p.batch_size, p.lr, p.weight_decay, p.tau,
-        p.restart_steps, seed=seed, device=device, forward=head) if p.steps else []
-    z_after = head_embeddings(head, feats, enc.batch_size, device)
-    t_images = load_split_images(read_split(Path(p.captions) / "T.jsonl"), tower.load_size)
-    z_t = head_embeddings(head, trunk_features(tower, images_to_tensor(t_images), enc.batch_size, device),
-                          enc.batch_size, device)
+        f_g, inputs[:n_align], z_real[:n_align], p.steps, p.batch_size, p.lr, p.weight_decay, p.tau,
+        p.restart_steps, seed=seed, device=device, forward=forward) if p.steps else []
+    z_after = head_embeddings(forward, inputs, enc.batch_size, device)
+    t_images = images_to_tensor(load_split_images(read_split(Path(p.captions) / "T.jsonl"), tower.load_size))
+    t_inputs = trunk_features(tower, t_images, enc.batch_size, device) if cached else t_images
+    z_t = head_embeddings(forward, t_inputs, enc.batch_size, device)
 
     # 3. Outputs: adapter (or full weights), embeddings, metrics, t-SNE plot.
-    metrics = {"source": args.source, "rank": str(p.rank), "steps": p.steps, "pairs_aligned": n_align,
+    metrics = {"source": args.source, "rank": str(p.rank), "layers": p.layers, "steps": p.steps, "pairs_aligned": n_align,
                "pairs_heldout": p.heldout, "cos_before": {}, "cos_after": {},
                "final_loss": float(np.mean(losses[-20:])) if losses else None}
     for name, sl in parts.items():

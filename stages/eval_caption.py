@@ -17,7 +17,7 @@ from gmail.caption_metrics import score_caption_sets
 from gmail.cli import offline, run, stage_parser
 from gmail.config import get_seed, load_params, section, set_seed
 from gmail.errors import PipelineError
-from gmail.io import read_json, write_json
+from gmail.io import atomic_dir, read_json, write_json
 from gmail.records import read_split
 
 REPORTED = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice", "wmd")
@@ -29,6 +29,7 @@ class EvalCaptionParams:
     captions: str = "data/captions"
     predictions: str = "data/predictions/caption"
     metrics: str = "metrics/caption"
+    scores: str = "data/eval_caption"
 
 
 def load_predictions(path: Path, t_ids: list[str]) -> dict[str, str]:
@@ -75,22 +76,26 @@ def main(argv=None):
         for f in files:
             sets[f"{v}/{f.stem}"] = load_predictions(f, t_ids)
 
-    # 2. Score all sets at once; write one metrics file per variant.
+    # 2. Score all sets at once; one metrics file per variant (means and stds, what
+    # `dvc metrics show` lists) and one per-seed scores file per variant.
     scores = score_caption_sets(sets, references, wmd=p.wmd)
+    rows, details = {}, {}
     for v in variants:
         per_seed = {name.split("/")[1]: s for name, s in scores.items() if name.split("/")[0] == v}
         row = summarise(list(per_seed.values()))
         first = next(iter(per_seed.values()))
-        row.update({
-            "seeds": len(per_seed),
-            "per_seed": {k: {m: s[m] for m in REPORTED} for k, s in per_seed.items()},
-            "test_reading": info[v].get("test_reading"),
-            "train": {k: info[v].get(k) for k in ("train_images", "train_encoder", "heldout_only", "train_size", "steps")},
-        })
+        row.update({"seeds": len(per_seed), "test_reading": info[v].get("test_reading")})
         for skipped in ("spice_skipped", "wmd_skipped"):
             if skipped in first:
                 row[skipped] = first[skipped]
+        rows[v] = row
+        details[v] = {"per_seed": {k: {m: s[m] for m in REPORTED} for k, s in per_seed.items()}, "info": info[v]}
+    with atomic_dir(p.scores) as tmp:
+        for v in variants:
+            write_json(tmp / f"{v}.json", details[v])
+    for v, row in rows.items():
         write_json(Path(p.metrics) / f"{v}.json", row)
+    for v, row in rows.items():
         print(f"{v:>14}: " + "  ".join(f"{m} {row[m]['mean']:.2f}±{row[m]['std']:.2f}"
                                        for m in ("bleu4", "meteor", "rouge_l", "cider", "wmd") if row[m]))
 

@@ -104,3 +104,42 @@ def test_mismatched_pairs_missing_clip_and_missing_embeddings_are_errors(ws, mon
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_saved_adapter_reloads_to_the_embeddings_align_wrote(ws, monkeypatch, tmp_path):
+    from stages import encode
+
+    monkeypatch.chdir(ws)
+    align.main(["--params", "params.yaml", "--source", "generated"])
+    encode.main(["--params", "params.yaml", "--images", "data/generated/images", "--adapter", "data/align/generated",
+                 "--out", str(tmp_path / "z.npy")])
+    names = json.loads((tmp_path / "z.npy.json").read_text())
+    ids = json.loads((ws / "data/embeddings/generated/ids.json").read_text())["B"]
+    order = [names.index(f"{i}.png") for i in ids]
+    z = np.load(tmp_path / "z.npy")[order]
+    saved = np.load(ws / "data/embeddings/generated/B.f_g.npy")
+    f_r = np.load(ws / "data/embeddings/generated/B.f_r.npy")
+    assert np.allclose(z, saved, atol=1e-5) and not np.allclose(z, f_r, atol=1e-3)
+
+
+def test_missing_adapter_is_a_one_line_error(ws, monkeypatch, capsys, tmp_path):
+    from stages import encode
+
+    monkeypatch.chdir(ws)
+    assert run(encode.main, ["--params", "params.yaml", "--images", "data/generated/images", "--adapter",
+                             str(tmp_path / "nothing"), "--out", str(tmp_path / "z.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no aligned encoder" in err[0]
+    assert not (tmp_path / "z.npy").exists()
+
+
+def test_layers_all_puts_lora_in_every_block(ws, monkeypatch):
+    monkeypatch.chdir(ws)
+    p = write_params(ws, "all.yaml", align={"layers": "all", "out": "all/align", "embeddings": "all/emb"})
+    align.main(["--params", p, "--source", "generated", "--metrics", "all/align.json"])
+    m = json.loads((ws / "all/align.json").read_text())
+    assert m["layers"] == "all" and m["cos_after"]["aligned"] != pytest.approx(m["cos_before"]["aligned"])
+    config = json.loads((ws / "all/align/generated/adapter/adapter_config.json").read_text())
+    assert "conv_pw|conv_pwl" in config["target_modules"]
+    # The f_r view is the same whichever layers get LoRA.
+    assert np.allclose(np.load(ws / "all/emb/generated/B.f_r.npy"), np.load(ws / "data/embeddings/generated/B.f_r.npy"), atol=1e-5)

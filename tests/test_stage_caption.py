@@ -75,9 +75,10 @@ def test_eval_caption_writes_mean_and_std_per_variant(ws, monkeypatch):
     eval_caption.main(["--params", "params.yaml"])
     for variant in ("synthetic", "gmail", "real", "gmail_heldout", "noise"):
         m = json.loads((ws / f"metrics/caption/{variant}.json").read_text())
+        per_seed = json.loads((ws / f"data/eval_caption/{variant}.json").read_text())["per_seed"]
         for key in ("bleu4", "meteor", "rouge_l", "cider", "wmd"):
             assert set(m[key]) == {"mean", "std"} and m[key]["mean"] >= 0 and m[key]["std"] >= 0
-            values = [m["per_seed"][s][key] for s in ("seed0", "seed1")]
+            values = [per_seed[s][key] for s in ("seed0", "seed1")]
             assert m[key]["mean"] == pytest.approx(np.mean(values)) and m[key]["std"] == pytest.approx(np.std(values))
         assert m["spice"] is None and m["spice_skipped"]
         assert m["seeds"] == 2 and m["test_reading"] == "f_r"
@@ -90,7 +91,8 @@ def test_eval_caption_scores_perfect_predictions_as_perfect(ws, monkeypatch, tmp
     folder.mkdir(parents=True)
     (folder / "seed0.json").write_text(json.dumps([{"image_id": r["image_id"], "caption": r["captions"][0]} for r in test]))
     p = write_params(ws, "perfect.yaml", replace=("variants",), variants={"perfect": {"images": "real", "encoder": "f_r"}},
-                     eval_caption={"predictions": str(tmp_path / "preds"), "metrics": str(tmp_path / "m"), "wmd": False})
+                     eval_caption={"predictions": str(tmp_path / "preds"), "metrics": str(tmp_path / "m"), "wmd": False,
+                                   "scores": str(tmp_path / "s")})
     eval_caption.main(["--params", p])
     m = json.loads((tmp_path / "m/perfect.json").read_text())
     assert m["bleu1"]["mean"] == pytest.approx(100, abs=1e-3) and m["wmd"] is None
@@ -118,8 +120,9 @@ def test_eval_caption_rejects_incomplete_predictions(ws, monkeypatch, capsys, tm
     folder.mkdir(parents=True)
     (folder / "seed0.json").write_text(json.dumps([{"image_id": "x", "caption": "a red circle"}]))
     p = write_params(ws, "inc.yaml", replace=("variants",), variants={"v": {"images": "real", "encoder": "f_r"}},
-                     eval_caption={"predictions": str(tmp_path / "preds"), "metrics": str(tmp_path / "m")})
+                     eval_caption={"predictions": str(tmp_path / "preds"), "metrics": str(tmp_path / "m"),
+                                   "scores": str(tmp_path / "s")})
     assert run(eval_caption.main, ["--params", p]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exactly once" in err[0]
-    assert not (tmp_path / "m").exists()
+    assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()

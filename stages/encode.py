@@ -1,0 +1,61 @@
+"""Utility (not a DVC stage): embed your own images with f_r or with an aligned f_g.
+
+    python -m stages.encode --images DIR [--adapter data/align/generated] --out emb.npy
+
+Every image file in DIR (sorted by name) goes through the encoder of params.yaml `encoder`,
+plus the LoRA adapter (or full weights) that `align` saved in --adapter, if given. Writes
+L2-normalised float32 embeddings, one row per image, and `<out>.json` with the file names.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gmail.alignment import load_f_g
+from gmail.cli import offline, run, stage_parser
+from gmail.clip import encode_images
+from gmail.config import load_params, pick_device, section
+from gmail.encoders import EncoderParams, load_tower_from_params
+from gmail.errors import PipelineError
+from gmail.io import atomic_file, load_images_uint8
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def main(argv=None):
+    parser = stage_parser(__doc__)
+    parser.add_argument("--images", required=True, help="folder of image files")
+    parser.add_argument("--adapter", default="", help="an align output folder (holds adapter/ or f_g.safetensors); empty: f_r")
+    parser.add_argument("--out", required=True, help="output .npy file")
+    args = parser.parse_args(argv)
+    offline()
+    enc = section(load_params(args.params).get("encoder", {}), EncoderParams, "encoder")
+    files = sorted(f for f in Path(args.images).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if Path(args.images).is_dir() else []
+    if not files:
+        raise PipelineError(f"no image files in {args.images}: pass --images a folder of .png/.jpg files")
+    device = pick_device(enc.device)
+    tower = load_tower_from_params(enc, device)
+    # Images must share a size to stack: mixed sizes are resized to the encoder's input size
+    # (the mini CLIP resizes same-size images itself, exactly as in the pipeline).
+    from PIL import Image
+
+    sizes = set()
+    for f in files:
+        with Image.open(f) as im:
+            sizes.add(im.size)
+    size = tower.load_size or (None if len(sizes) == 1 else tower.config.image_size)
+    encoder = load_f_g(tower, args.adapter) if args.adapter else tower
+    z = encode_images(encoder, load_images_uint8(files, size), enc.batch_size, device)
+    with atomic_file(args.out, "wb") as fh:
+        np.save(fh, z.numpy().astype(np.float32))
+    with atomic_file(f"{args.out}.json") as fh:
+        json.dump([f.name for f in files], fh, indent=1)
+    print(f"{len(files)} images -> {args.out} ({'f_g from ' + args.adapter if args.adapter else 'f_r'})")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
