@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-import torch
 
 from gmail import alignment
 from gmail.cli import offline, run, stage_parser
