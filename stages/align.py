@@ -120,7 +120,8 @@ def main(argv=None):
     # 1. Pairs; f_r's embeddings of real B (stage embed) and of the source images.
     real, noise = pairs(p, args.source, seed)
     ids = [r["image_id"] for r in real]
-    t_ids = [r["image_id"] for r in read_split(Path(p.captions) / "T.jsonl")]
+    test = read_split(Path(p.captions) / "T.jsonl")
+    t_ids = [r["image_id"] for r in test]
     z_real = read_embeddings(p.real_embeddings, "B.f_r", ids)
     tower = load_tower_from_params(enc, device)
     if noise is None:
@@ -143,7 +144,7 @@ def main(argv=None):
         f_g, inputs[:n_align], z_real[:n_align], p.steps, p.batch_size, p.lr, p.weight_decay, p.tau,
         p.restart_steps, seed=seed, device=device, forward=forward) if p.steps else []
     z_after = head_embeddings(forward, inputs, enc.batch_size, device)
-    t_images = images_to_tensor(load_split_images(read_split(Path(p.captions) / "T.jsonl"), tower.load_size))
+    t_images = images_to_tensor(load_split_images(test, tower.load_size))
     t_inputs = trunk_features(tower, t_images, enc.batch_size, device) if cached else t_images
     z_t = head_embeddings(forward, t_inputs, enc.batch_size, device)
 
