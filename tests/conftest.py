@@ -90,3 +90,17 @@ def write_params(root: Path, name: str, replace: tuple = (), **sections) -> str:
     path = root / name
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def embedded_workspace(downstream_workspace):
+    """`downstream_workspace` after the `embed` stage (f_r embeddings of real B and T)."""
+    from stages import embed
+
+    old = Path.cwd()
+    os.chdir(downstream_workspace)
+    try:
+        embed.main(["--params", "params.yaml"])
+    finally:
+        os.chdir(old)
+    return downstream_workspace

@@ -5,20 +5,12 @@ import pytest
 
 from conftest import write_params
 from gmail.cli import run
-from stages import align, embed
+from stages import align
 
 
 @pytest.fixture(scope="module")
-def ws(downstream_workspace):
-    import os
-
-    old = os.getcwd()
-    os.chdir(downstream_workspace)
-    try:
-        embed.main(["--params", "params.yaml"])
-    finally:
-        os.chdir(old)
-    return downstream_workspace
+def ws(embedded_workspace):
+    return embedded_workspace
 
 
 def test_embed_writes_f_r_embeddings_of_real_b_and_t(ws):

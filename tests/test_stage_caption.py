@@ -5,24 +5,23 @@ import pytest
 
 from conftest import write_params
 from gmail.cli import run
-from stages import align, caption, embed, eval_caption
+from stages import align, caption, eval_caption
 
 
 @pytest.fixture(scope="module")
-def ws(downstream_workspace):
+def ws(embedded_workspace):
     import os
 
     old = os.getcwd()
-    os.chdir(downstream_workspace)
+    os.chdir(embedded_workspace)
     try:
-        embed.main(["--params", "params.yaml"])
         for source in ("generated", "noise"):
             align.main(["--params", "params.yaml", "--source", source, "--metrics", f"metrics/align-{source}.json"])
         for variant in ("synthetic", "gmail", "real", "gmail_heldout", "noise"):
             caption.main(["--params", "params.yaml", "--variant", variant])
     finally:
         os.chdir(old)
-    return downstream_workspace
+    return embedded_workspace
 
 
 def test_every_variant_writes_coco_results_per_seed_next_to_references(ws):
