@@ -1,14 +1,16 @@
-# The README's two commands. Both create the environment from nothing when it is missing.
+# The README's commands. Each creates the environment from nothing when it is missing.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: repro test env clean-env
+.PHONY: repro test test-fast lint env clean-env
 
-$(BIN)/.installed: requirements.txt
+# Pinned dependencies, then this project editable (gmail, stages, tools importable from anywhere).
+$(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 env: $(BIN)/.installed
@@ -17,9 +19,16 @@ env: $(BIN)/.installed
 repro: env
 	. $(BIN)/activate && HF_HUB_OFFLINE=1 dvc repro
 
-# Test suite (tiny configs; an end-to-end `dvc repro` in a temporary git repo included).
-test: env
-	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest -q tests
+# Full test suite: lint, then every test (an end-to-end `dvc repro` in a temporary git repo included).
+test: env lint
+	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest -q
+
+# The quick loop while editing: lint and every test not marked slow or e2e.
+test-fast: env lint
+	. $(BIN)/activate && HF_HUB_OFFLINE=1 python -m pytest -q -m "not slow and not e2e"
+
+lint: env
+	$(BIN)/ruff check .
 
 clean-env:
 	rm -rf $(VENV)

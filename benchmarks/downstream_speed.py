@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gmail import alignment  # noqa: E402
-from gmail.captioner import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, train_clipcap  # noqa: E402
-from gmail.config import load_params, section  # noqa: E402
-from gmail.encoders import EncoderParams, load_tower_from_params, trunk_features  # noqa: E402
+from gmail.align import lora as alignment  # noqa: E402
+from gmail.core.config import load_params, section  # noqa: E402
+from gmail.downstream.clipcap import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, train_clipcap  # noqa: E402
+from gmail.models.image_tower import EncoderParams, load_tower_from_params, trunk_features  # noqa: E402
 
 
 def main():

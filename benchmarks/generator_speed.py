@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gmail.config import load_params, section  # noqa: E402
-from gmail.diffusion import GeneratorConfig, load_generator, train_generator  # noqa: E402
-from gmail.sampling import sample  # noqa: E402
+from gmail.core.config import load_params, section  # noqa: E402
+from gmail.generation.mini_diffusion import GeneratorConfig, load_generator, train_generator  # noqa: E402
+from gmail.generation.mini_sampling import sample  # noqa: E402
 
 
 def main():

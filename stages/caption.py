@@ -1,79 +1,46 @@
 """Stage `caption@<variant>`: train ClipCap captioners on one variant's image embeddings
 (several seeds) and caption the real test images T.
 
-A variant (params.yaml `variants`) names its training embeddings: which B images (`real`,
-`generated` or `noise`) through which encoder (`f_r`, or `f_g`, the LoRA copy aligned on
-those images), optionally only the pairs held out of alignment. Real T images are read as
-`caption.test_reading` says: through f_r (the paper's Algorithm 1) or through the variant's
-f_g (its Section 3.2; variants trained on f_r embeddings have no f_g and use f_r).
-Predictions go to `<predictions>/<variant>/seed<k>.json` in COCO results format, next to
-`references.json`, the T references they are scored against.
+A variant (params.yaml `variants`, see gmail.downstream.variants) names its training
+embeddings: which B images through which encoder, optionally only the pairs held out of
+alignment. Real T is read as `caption.test_reading` says. Predictions go to
+`<predictions>/<variant>/seed<k>.json` in COCO results format, next to `references.json`
+(the T references they are scored against) and `info.json` (what the variant trained on).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from gmail.captioner import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, save_clipcap, train_clipcap
-from gmail.cli import offline, run, stage_parser
-from gmail.config import get_seed, load_params, pick_device, section, set_seed
-from gmail.encoders import read_embeddings
-from gmail.errors import PipelineError
-from gmail.io import atomic_dir, write_json
-from gmail.records import read_split
-
-IMAGE_SETS = ("real", "generated", "noise")
-READINGS = ("f_r", "f_g")
-
-
-@dataclass
-class VariantParams:
-    images: str = "generated"
-    encoder: str = "f_r"
-    heldout_only: bool = False
-
-    def validate(self, name):
-        if self.images not in IMAGE_SETS:
-            raise PipelineError(f"{name}.images={self.images!r} is not one of {', '.join(IMAGE_SETS)}: fix params.yaml")
-        if self.encoder not in READINGS or (self.images == "real" and self.encoder == "f_g"):
-            raise PipelineError(f"{name}.encoder={self.encoder!r} must be f_r, or f_g for generated/noise images: fix params.yaml")
+from gmail.align.params import AlignParams
+from gmail.core.cli import offline, run, stage_parser
+from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.errors import PipelineError
+from gmail.core.io import atomic_dir, write_json
+from gmail.data.coco_format import write_references, write_results
+from gmail.data.records import read_split
+from gmail.downstream.clipcap import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, save_clipcap, train_clipcap
+from gmail.downstream.variants import READINGS, VariantParams, real_test_embeddings, training_set
+from gmail.viz.curves import write_loss_curve
 
 
 @dataclass
 class CaptionParams:
-    seeds: int = 3
-    steps: int = 250
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    test_reading: str = "f_r"
-    model: ClipCapConfig = field(default_factory=ClipCapConfig)
-    device: str = "auto"
-    captions: str = "data/captions"
-    embeddings: str = "data/embeddings"
-    models: str = "data/captioner"
-    predictions: str = "data/predictions/caption"
+    seeds: int
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    test_reading: str
+    model: ClipCapConfig
+    device: str
 
     def validate(self, name):
         if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
             raise PipelineError(f"{name}.seeds, steps and batch_size must be positive: fix params.yaml")
         if self.test_reading not in READINGS:
-            raise PipelineError(f"{name}.test_reading={self.test_reading!r} is not one of f_r, f_g: fix params.yaml")
-
-
-def training_set(p: CaptionParams, v: VariantParams, heldout: int):
-    """(embeddings, reference-caption lists) the variant trains on, in B order."""
-    real = read_split(Path(p.captions) / "B.jsonl")
-    ids = [r["image_id"] for r in real]
-    z = read_embeddings(Path(p.embeddings) / v.images, f"B.{v.encoder}", ids)
-    caps = [r["captions"] for r in real]
-    if v.heldout_only:
-        if not 0 < heldout < len(real):
-            raise PipelineError(f"align.heldout={heldout} leaves no held-out pairs among {len(real)}: raise it or drop heldout_only")
-        z, caps = z[len(real) - heldout:], caps[len(real) - heldout:]
-    return z, caps
+            raise PipelineError(f"{name}.test_reading={self.test_reading!r} is not one of {', '.join(READINGS)}: fix params.yaml")
 
 
 def main(argv=None):
@@ -89,42 +56,39 @@ def main(argv=None):
         raise PipelineError(f"unknown captioner variant {args.variant!r}: use one of {', '.join(variants) or '(none defined)'} "
                             "or add it under `variants` in params.yaml")
     v = section(variants[args.variant], VariantParams, f"variants.{args.variant}")
-    p = section(params.get("caption", {}), CaptionParams, "caption")
-    heldout = int((params.get("align") or {}).get("heldout", 0))
+    p = section(params.get("caption"), CaptionParams, "caption")
+    heldout = section(params.get("align"), AlignParams, "align").heldout
+    paths = get_paths(params, "captions", "embeddings", "captioner", "predictions", "plots")
     device = pick_device(p.device)
 
     # 1. Training embeddings and captions; real T through the chosen reading.
-    z_train, caps = training_set(p, v, heldout)
-    test = read_split(Path(p.captions) / "T.jsonl")
+    z_train, caps = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
+    test = read_split(paths.captions / "T.jsonl")
     t_ids = [r["image_id"] for r in test]
-    reading = "f_g" if p.test_reading == "f_g" and v.encoder == "f_g" else "f_r"
-    t_dir = Path(p.embeddings) / (v.images if reading == "f_g" else "real")
-    z_test = read_embeddings(t_dir, f"T.{reading}", t_ids)
+    z_test, reading, t_file = real_test_embeddings(test, paths.embeddings, v, p.test_reading)
 
-    # 2. One captioner per seed, written with its predictions.
-    models, preds = Path(p.models) / args.variant, Path(p.predictions) / args.variant
-    with atomic_dir(models) as model_tmp, atomic_dir(preds) as pred_tmp:
+    # 2. One captioner per seed, written with its predictions and loss curve.
+    models, preds = paths.captioner / args.variant, paths.predictions / args.variant
+    with atomic_dir(models) as model_tmp, atomic_dir(preds) as pred_tmp, \
+            atomic_dir(paths.plots / "caption" / args.variant) as plot_tmp:
         tokenizer = gpt2_tokenizer(model_tmp / "tokenizer")
         flat = [c for cs in caps for c in cs]
         losses = {}
-        for k in range(p.seeds):
-            s = seed + k
+        for s in range(seed, seed + p.seeds):
             model = build_clipcap(p.model, z_train.shape[1], tokenizer, flat, seed=s)
             curve = train_clipcap(model, z_train, caps, tokenizer, p.steps, p.batch_size, p.lr, p.weight_decay,
                                   seed=s, device=device)
             losses[f"seed{s}"] = float(sum(curve[-20:]) / len(curve[-20:]))
             save_clipcap(model, model_tmp / f"seed{s}")
+            write_loss_curve(plot_tmp / f"loss-seed{s}.tsv", curve)
             texts = generate_captions(model, z_test, tokenizer, device=device)
-            write_json(pred_tmp / f"seed{s}.json", [{"image_id": i, "caption": t} for i, t in zip(t_ids, texts)])
+            write_results(pred_tmp / f"seed{s}.json", t_ids, texts)
             print(f"{args.variant} seed {s}: final loss {losses[f'seed{s}']:.3f}; e.g. {texts[0]!r}")
-        write_json(pred_tmp / "references.json", {
-            "images": [{"id": i} for i in t_ids],
-            "annotations": [{"image_id": r["image_id"], "id": n, "caption": c}
-                            for n, (r, c) in enumerate((r, c) for r in test for c in r["captions"])]})
+        write_references(pred_tmp / "references.json", test)
         write_json(pred_tmp / "info.json", {
             "variant": args.variant, "train_images": v.images, "train_encoder": v.encoder,
             "heldout_only": v.heldout_only, "train_size": len(caps), "steps": p.steps,
-            "test_reading": reading, "test_embeddings": str(t_dir / f"T.{reading}.npy"), "final_loss": losses})
+            "test_reading": reading, "test_embeddings": str(paths.embeddings / t_file), "final_loss": losses})
 
 
 if __name__ == "__main__":

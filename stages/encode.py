@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gmail.alignment import load_f_g
-from gmail.cli import offline, run, stage_parser
-from gmail.clip import encode_images
-from gmail.config import load_params, pick_device, section
-from gmail.encoders import EncoderParams, load_tower_from_params
-from gmail.errors import PipelineError
-from gmail.io import atomic_file, load_images_uint8
+from gmail.align.lora import load_f_g
+from gmail.core.cli import offline, run, stage_parser
+from gmail.core.config import load_params, pick_device, section
+from gmail.core.errors import PipelineError
+from gmail.core.io import atomic_file, load_images_uint8
+from gmail.models.image_tower import EncoderParams, encode_images, load_tower_from_params
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -33,7 +32,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output .npy file")
     args = parser.parse_args(argv)
     offline()
-    enc = section(load_params(args.params).get("encoder", {}), EncoderParams, "encoder")
+    enc = section(load_params(args.params).get("encoder"), EncoderParams, "encoder")
     files = sorted(f for f in Path(args.images).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if Path(args.images).is_dir() else []
     if not files:
         raise PipelineError(f"no image files in {args.images}: pass --images a folder of .png/.jpg files")

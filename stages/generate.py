@@ -10,18 +10,16 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from gmail.cli import offline, run, stage_parser
-from gmail.config import get_seed, load_params, pick_device, section, set_seed, torch_dtype
-from gmail.errors import PipelineError
-from gmail.io import atomic_dir, write_json, write_jsonl
-from gmail.records import read_split
+from gmail.core.cli import offline, run, stage_parser
+from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed, torch_dtype
+from gmail.core.errors import PipelineError
+from gmail.core.io import atomic_dir, write_json, write_jsonl
+from gmail.data.records import read_split
 
 MODELS = ("sd2", "flux")
 SCALES = ("mini", "paper")
@@ -29,18 +27,16 @@ SCALES = ("mini", "paper")
 
 @dataclass
 class GenParams:
-    model: str = "sd2"
-    sd2: str = "pretrain/models/sd2"
-    flux: str = "pretrain/models/flux"
-    scale: str = "mini"
-    steps: int = 20
-    guidance: float = 3.0
-    resolution: int = 0
-    batch_size: int = 64
-    dtype: str = "float32"
-    device: str = "auto"
-    out: str = "data/generated"
-    captions: str = "data/captions"
+    model: str
+    sd2: str
+    flux: str
+    scale: str
+    steps: int
+    guidance: float
+    resolution: int
+    batch_size: int
+    dtype: str
+    device: str
 
     def validate(self, name):
         if self.model not in MODELS:
@@ -52,51 +48,34 @@ class GenParams:
         torch_dtype(self.dtype)
 
 
-def mini_images(p: GenParams, prompts: list[str], seeds: list[int], device: str):
-    """Iterator of (index, uint8 image) from the committed mini generator (loaded up front)."""
-    from gmail.diffusion import load_generator
-    from gmail.sampling import sample
-    from gmail.text import encode_texts
-
-    model, scheduler, config = load_generator(getattr(p, p.model), device, torch_dtype(p.dtype))
-    cond = torch.from_numpy(encode_texts(prompts))
-
-    def images():
-        for i in range(0, len(prompts), p.batch_size):
-            batch = sample(model, scheduler, config, cond[i:i + p.batch_size], seeds[i:i + p.batch_size],
-                           p.steps, p.guidance, device, torch_dtype(p.dtype))
-            yield from ((i + j, img) for j, img in enumerate(batch))
-
-    return images()
-
-
-def paper_images(p: GenParams, prompts: list[str], seeds: list[int], device: str):
-    """Iterator of (index, uint8 image) from the paper's SD2 / FLUX pipelines (loaded up front)."""
-    from gmail.paper_generation import generate_paper_images, load_paper_pipeline
-
-    pipe = load_paper_pipeline(p.model, getattr(p, p.model), p.dtype, device)
-    size = p.resolution or 512
-    return ((i, np.asarray(img.convert("RGB")))
-            for i, img in generate_paper_images(pipe, prompts, seeds, p.steps, p.guidance, size, size, p.batch_size))
-
-
 def main(argv=None):
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
-    p = section(params.get("gen", {}), GenParams, "gen")
+    p = section(params.get("gen"), GenParams, "gen")
+    paths = get_paths(params, "captions", "generated", "metrics", "stats")
     if p.scale == "mini":
         offline()
     device = pick_device(p.device)
 
-    records = read_split(Path(p.captions) / "B.jsonl")
+    # 1. Prompts and per-image seeds; the model loads before the progress bar starts.
+    records = read_split(paths.captions / "B.jsonl")
     prompts = [r["captions"][0] for r in records]
     seeds = [seed + i for i in range(len(records))]
-    images = (mini_images if p.scale == "mini" else paper_images)(p, prompts, seeds, device)
+    if p.scale == "mini":
+        from gmail.generation.mini_sampling import mini_images
 
+        images = mini_images(getattr(p, p.model), prompts, seeds, p.steps, p.guidance, p.batch_size, device, torch_dtype(p.dtype))
+    else:
+        from gmail.generation.paper_pipelines import paper_images
+
+        images = paper_images(p.model, getattr(p, p.model), prompts, seeds, p.steps, p.guidance, p.resolution or 512,
+                              p.batch_size, p.dtype, device)
+
+    # 2. Sample and write, one PNG per image plus generated.jsonl (B's ids and captions).
     start = time.time()
-    with atomic_dir(p.out) as tmp:
+    with atomic_dir(paths.generated) as tmp:
         (tmp / "images").mkdir()
         rows = []
         for i, img in tqdm(images, total=len(records), desc=f"generate ({p.model})", unit="img"):
@@ -109,11 +88,14 @@ def main(argv=None):
                          **({"attributes": records[i]["attributes"]} if "attributes" in records[i] else {})})
         write_jsonl(tmp / "generated.jsonl", rows)
         elapsed = time.time() - start
-    write_json("metrics/generate.json", {
-        "count": len(rows), "images_per_s": round(len(rows) / max(elapsed, 1e-9), 3), "model": p.model,
-        "scale": p.scale, "steps": p.steps, "guidance": p.guidance, "resolution": int(img.shape[0]),
-    })
-    print(f"generated {len(rows)} images with {p.model} in {elapsed:.0f} s -> {p.out}")
+
+    # 3. Metrics hold results only; the timing goes to stats (it differs between identical runs).
+    write_json(paths.metrics / "generate.json", {
+        "count": len(rows), "model": p.model, "scale": p.scale, "steps": p.steps, "guidance": p.guidance,
+        "resolution": int(img.shape[0])})
+    write_json(paths.stats / "generate.json", {
+        "images_per_s": round(len(rows) / max(elapsed, 1e-9), 3), "seconds": round(elapsed, 1), "device": device})
+    print(f"generated {len(rows)} images with {p.model} in {elapsed:.0f} s -> {paths.generated}")
 
 
 if __name__ == "__main__":

@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from gmail import clip as mc
-from gmail.cli import offline, run, stage_parser
-from gmail.config import get_seed, load_params, pick_device, section, set_seed
-from gmail.diffusion import load_generator
-from gmail.io import atomic_file, write_json
-from gmail.plots import image_grid
-from gmail.records import load_split_images, read_split
-from gmail.sampling import sample
-from gmail.text import encode_texts
+from gmail.core.cli import offline, run, stage_parser
+from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.errors import PipelineError
+from gmail.core.io import atomic_file, write_json
+from gmail.data.records import load_split_images, read_split
+from gmail.eval.zeroshot import attribute_accuracies
+from gmail.generation.mini_diffusion import FAMILIES
+from gmail.generation.mini_sampling import mini_images
+from gmail.models.image_tower import encode_images
+from gmail.models.mini_clip import load_mini_clip
+from gmail.viz.grids import image_grid
 
 
 @dataclass
 class FidelityParams:
-    steps: int = 20
-    guidance: float = 3.0
-    batch_size: int = 250
-    device: str = "auto"
+    steps: int
+    guidance: float
+    batch_size: int
+    device: str
 
 
 def main(argv=None):
@@ -42,43 +42,36 @@ def main(argv=None):
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
-    p = section(params.get("fidelity", {}), FidelityParams, "fidelity")
+    if args.family not in FAMILIES:
+        raise PipelineError(f"unknown generator family {args.family!r}: use one of {', '.join(FAMILIES)}")
+    p = section(params.get("fidelity"), FidelityParams, "fidelity")
+    paths = get_paths(params, "captions", "models", "metrics", "plots")
     device = pick_device(p.device)
-    out_root = params.get("generator", {}).get("out", "pretrain/models")
-    clip_dir = params.get("clip", {}).get("out", "pretrain/models/clip")
-    captions = Path(params.get("captions", "data/captions"))
 
     # 1. Generate one image per T caption (first reference), per-image seeds.
-    records_t, records_a = read_split(captions / "T.jsonl"), read_split(captions / "A.jsonl")
-    model, scheduler, config = load_generator(Path(out_root) / args.family, device)
-    cond = torch.from_numpy(encode_texts([r["captions"][0] for r in records_t]))
-    generated = []
-    for i in tqdm(range(0, len(records_t), p.batch_size), desc=f"sample {args.family}"):
-        seeds = [seed + j for j in range(i, min(i + p.batch_size, len(records_t)))]
-        generated.append(sample(model, scheduler, config, cond[i:i + len(seeds)], seeds, p.steps, p.guidance, device))
-    generated = np.concatenate(generated)
+    records_t, records_a = read_split(paths.captions / "T.jsonl"), read_split(paths.captions / "A.jsonl")
+    prompts = [r["captions"][0] for r in records_t]
+    images = mini_images(paths.models / args.family, prompts, [seed + i for i in range(len(prompts))], p.steps,
+                         p.guidance, p.batch_size, device)
+    generated = np.stack([img for _, img in tqdm(images, total=len(prompts), desc=f"sample {args.family}", unit="img")])
 
     # 2. Zero-shot colour and shape accuracy of f_r on real and on generated T.
-    clip = mc.load_mini_clip(clip_dir, device)
-    emb_a = encode_texts([c for r in records_a for c in r["captions"]])
+    clip = load_mini_clip(paths.models / "clip", device)
     real = load_split_images(records_t)
-    feats = {"real": mc.encode_images(clip.visual, real, device=device),
-             "generated": mc.encode_images(clip.visual, generated, device=device)}
+    feats = {"real": encode_images(clip.visual, real, device=device),
+             "generated": encode_images(clip.visual, generated, device=device)}
     metrics = {}
-    for attr in ("colour", "shape"):
-        classes, protos = mc.attribute_classifier(clip, records_a, attr, emb_a, device)
-        labels = [r["attributes"][attr] for r in records_t]
-        for kind, f in feats.items():
-            metrics[f"{attr}_acc_{kind}"] = mc.zero_shot_accuracy(f, labels, classes, protos)
-        metrics[f"{attr}_ratio"] = metrics[f"{attr}_acc_generated"] / max(metrics[f"{attr}_acc_real"], 1e-9)
+    for attr, acc in attribute_accuracies(clip, feats, records_t, records_a, device=device).items():
+        metrics.update({f"{attr}_acc_{kind}": a for kind, a in acc.items()})
+        metrics[f"{attr}_ratio"] = acc["generated"] / max(acc["real"], 1e-9)
     metrics["paired_cosine"] = float((feats["real"] * feats["generated"]).sum(1).mean())
-    metrics["resolution"] = config.resolution
+    metrics["resolution"] = int(generated.shape[1])
 
     # 3. Real-vs-generated grid: real row above generated row, same captions.
-    with atomic_file(f"plots/pretrain/grid-{args.family}.png", "wb") as fh:
-        image_grid(real[:12], generated[:12], [r["captions"][0] for r in records_t[:12]],
+    with atomic_file(paths.plots / f"grid-{args.family}.png", "wb") as fh:
+        image_grid(real[:12], generated[:12], prompts[:12],
                    title=f"{args.family}: real T (top) vs generated from the same caption (bottom)").save(fh, format="PNG")
-    write_json(f"metrics/pretrain/generator-{args.family}.json", metrics)
+    write_json(paths.metrics / f"generator-{args.family}.json", metrics)
     print(f"{args.family} fidelity: colour {metrics['colour_ratio']:.3f}, shape {metrics['shape_ratio']:.3f}")
 
 

@@ -5,28 +5,26 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from gmail import diffusion
-from gmail.cli import offline, run, stage_parser
-from gmail.config import get_seed, load_params, pick_device, section, set_seed
-from gmail.errors import PipelineError
-from gmail.io import atomic_dir, write_json
-from gmail.records import load_split_images, read_split
-from gmail.text import encode_texts_cached
+from gmail.core.cli import offline, run, stage_parser
+from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.errors import PipelineError
+from gmail.core.io import atomic_dir, write_json
+from gmail.data.records import load_split_images, read_split
+from gmail.generation import mini_diffusion as diffusion
+from gmail.models.text import encode_texts_cached
 
 
 @dataclass
 class TrainParams:
-    steps: int = 6000
-    batch_size: int = 128
-    lr: float = 5e-4
-    warmup: int = 200
-    ema_decay: float = 0.999
-    p_uncond: float = 0.1
-    device: str = "auto"
-    max_minutes: float = 0.0
-    out: str = "pretrain/models"
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    ema_decay: float
+    p_uncond: float
+    device: str
+    max_minutes: float      # > 0 stops early after this many minutes
 
     def validate(self, name):
         if self.steps < 1 or self.batch_size < 1:
@@ -37,7 +35,7 @@ def main(argv=None):
     parser = stage_parser(__doc__)
     parser.add_argument("--family", required=True, help="generator family: sd2 | flux")
     parser.add_argument("--text-cache", default=None,
-                        help="MiniLM embeddings (.npz from gmail.text.write_text_cache) for machines without the packaged model")
+                        help="MiniLM embeddings (.npz from gmail.models.text.write_text_cache) for machines without the packaged model")
     args = parser.parse_args(argv)
     offline()
     params = load_params(args.params)
@@ -45,13 +43,14 @@ def main(argv=None):
     set_seed(seed)
     if args.family not in diffusion.FAMILIES:
         raise PipelineError(f"unknown generator family {args.family!r}: use one of {', '.join(diffusion.FAMILIES)}")
-    config = section(params.get(args.family, {}), diffusion.GeneratorConfig, args.family)
+    config = section(params.get(args.family), diffusion.GeneratorConfig, args.family)
     if config.family != args.family:
         raise PipelineError(f"section {args.family} says family {config.family!r}: make them agree in pretrain/params.yaml")
-    p = section(params.get("generator", {}), TrainParams, "generator")
+    p = section(params.get("generator"), TrainParams, "generator")
+    paths = get_paths(params, "captions", "models", "metrics", "stats")
     device = pick_device(p.device)
 
-    records = read_split(Path(params.get("captions", "data/captions")) / "A.jsonl")
+    records = read_split(paths.captions / "A.jsonl")
     k = min(len(r["captions"]) for r in records)
     emb = encode_texts_cached([c for r in records for c in r["captions"][:k]], args.text_cache)
     images = load_split_images(records, size=config.resolution)
@@ -63,10 +62,11 @@ def main(argv=None):
     minutes = (time.time() - start) / 60
     info = {"steps_done": done, "train_minutes": round(minutes, 2), "device": device,
             "final_loss": sum(losses[-100:]) / len(losses[-100:]), "train": asdict(p)}
-    with atomic_dir(Path(p.out) / args.family) as tmp:
+    with atomic_dir(paths.models / args.family) as tmp:
         diffusion.save_generator(model, scheduler, config, tmp, extra={"training": info})
-    write_json(f"metrics/pretrain/train-{args.family}.json",
-               {k: v for k, v in info.items() if k != "train"})
+    # Metrics hold results only; wall-clock minutes and the device go to stats (and generator.json).
+    write_json(paths.metrics / f"train-{args.family}.json", {"steps_done": done, "final_loss": info["final_loss"]})
+    write_json(paths.stats / f"train-{args.family}.json", {"train_minutes": info["train_minutes"], "device": device})
     print(f"{args.family}: {done} steps in {minutes:.1f} min on {device}, final loss {info['final_loss']:.4f}")
 
 

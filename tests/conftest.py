@@ -1,13 +1,13 @@
-"""Shared test setup: offline, single-threaded torch (2 shared cores), repo root on sys.path."""
+"""Shared test setup: offline, single-threaded torch (2 shared cores), and tiny workspaces for
+the downstream stages, each built by a session fixture so any test can run alone or in any order."""
 
+import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, VARIANTS, read_jsonl, write_params
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
@@ -29,78 +29,72 @@ def repo_root() -> Path:
     return ROOT
 
 
+def _in(root: Path, fn, *args):
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        return fn(*args)
+    finally:
+        os.chdir(old)
+
+
 @pytest.fixture(scope="session")
 def downstream_workspace(tmp_path_factory):
     """A tiny workspace for the downstream stages: captions (B 6, T 3), fake "generated" images
     (real B at 32 px with a colour shift, same ids and captions), a random-init mini CLIP, and
-    a params file whose paths all point inside it. Tests run stages with cwd = the workspace."""
-    import json
-
+    `params.yaml` (the shipped one, shrunk, paths relative). Stages run with cwd = the workspace."""
     import numpy as np
-    import yaml
+    import torch
     from PIL import Image
 
-    from gmail.clip import MiniClip, save_mini_clip
+    from gmail.models.mini_clip import MiniClip, MiniClipConfig, save_mini_clip
     from stages import captions
 
     root = tmp_path_factory.mktemp("downstream")
-    base = {"seed": 0, "data": {"n_a": 1, "n_b": 6, "n_t": 3, "out": str(root / "data/captions")}}
-    (root / "captions.yaml").write_text(yaml.safe_dump(base))
-    old = Path.cwd()
-    os.chdir(root)
-    try:
-        captions.main(["--params", str(root / "captions.yaml")])
-    finally:
-        os.chdir(old)
+    write_params(root / "params.yaml", data={"n_a": 1, "n_b": 6, "n_t": 3},
+                 encoder={"mini": str(root / "clip"), "device": "cpu", "batch_size": 4},
+                 align={"rank": 2, "steps": 3, "batch_size": 4, "heldout": 2, "restart_steps": 2},
+                 caption={"seeds": 2, "steps": 4, "batch_size": 4, "device": "cpu",
+                          "model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "prefix_hidden": 16}})
+    _in(root, captions.main, ["--params", "params.yaml"])
     gen_dir = root / "data/generated"
     (gen_dir / "images").mkdir(parents=True)
     rows = []
-    for line in (root / "data/captions/B.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_jsonl(root / "data/captions/B.jsonl"):
         img = Image.open(root / "data/captions" / rec["path"]).convert("RGB").resize((32, 32))
         arr = np.clip(np.asarray(img).astype(int) + 20, 0, 255).astype(np.uint8)
         Image.fromarray(arr).save(gen_dir / f"images/{rec['image_id']}.png")
         rows.append({"image_id": rec["image_id"], "path": f"images/{rec['image_id']}.png", "captions": rec["captions"]})
     (gen_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    import torch
-
     torch.manual_seed(0)
-    save_mini_clip(MiniClip(), root / "clip")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["out"] = "data/captions"
-    params["encoder"].update(mini=str(root / "clip"), device="cpu", batch_size=4)
-    params["align"].update(rank=2, steps=3, batch_size=4, heldout=2, restart_steps=2)
-    params["caption"].update(seeds=2, steps=4, batch_size=4, device="cpu")
-    params["caption"]["model"].update(n_layer=1, n_embd=16, n_head=2, prefix_hidden=16)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    save_mini_clip(MiniClip(MiniClipConfig(image_size=64, embed_dim=256)), root / "clip")
     return root
-
-
-def write_params(root: Path, name: str, replace: tuple = (), **sections) -> str:
-    """Copy the workspace's params.yaml to `name` with `sections` ({section: {key: value}})
-    merged in, or put in whole for the section names in `replace`."""
-    import yaml
-
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for sec, values in sections.items():
-        if sec not in replace and isinstance(values, dict) and isinstance(params.get(sec), dict):
-            params[sec].update(values)
-        else:
-            params[sec] = values
-    path = root / name
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return str(path)
 
 
 @pytest.fixture(scope="session")
 def embedded_workspace(downstream_workspace):
-    """`downstream_workspace` after the `embed` stage (f_r embeddings of real B and T)."""
+    """`downstream_workspace` after stage `embed` (f_r embeddings of real B and T)."""
     from stages import embed
 
-    old = Path.cwd()
-    os.chdir(downstream_workspace)
-    try:
-        embed.main(["--params", "params.yaml"])
-    finally:
-        os.chdir(old)
+    _in(downstream_workspace, embed.main, ["--params", "params.yaml"])
     return downstream_workspace
+
+
+@pytest.fixture(scope="session")
+def aligned_workspace(embedded_workspace):
+    """`embedded_workspace` after `align@generated` and `align@noise`."""
+    from stages import align
+
+    for source in ("generated", "noise"):
+        _in(embedded_workspace, align.main, ["--params", "params.yaml", "--source", source])
+    return embedded_workspace
+
+
+@pytest.fixture(scope="session")
+def captioned_workspace(aligned_workspace):
+    """`aligned_workspace` after `caption@<variant>` for the five shipped variants."""
+    from stages import caption
+
+    for variant in VARIANTS:
+        _in(aligned_workspace, caption.main, ["--params", "params.yaml", "--variant", variant])
+    return aligned_workspace

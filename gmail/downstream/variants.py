@@ -1,0 +1,65 @@
+"""Captioner variants (params.yaml `variants`): which B images a downstream model trains on and
+through which encoder, and how it reads the real test images.
+
+A variant is `{images: real | generated | noise, encoder: f_r | f_g, heldout_only: bool}`:
+`generated` through `f_r` is the paper's "without alignment", through `f_g` is GMAIL,
+`real` through `f_r` the real-data reference; `heldout_only` keeps only the pairs alignment
+never saw (the last `align.heldout` B images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gmail.core.errors import PipelineError
+from gmail.models.embeddings import read_embeddings
+
+IMAGE_SETS = ("real", "generated", "noise")
+READINGS = ("f_r", "f_g")
+
+
+@dataclass
+class VariantParams:
+    images: str                 # real | generated | noise
+    encoder: str                # f_r | f_g (f_g only for generated or noise images)
+    heldout_only: bool = False  # optional in params.yaml: most variants train on every B pair
+
+    def validate(self, name):
+        if self.images not in IMAGE_SETS:
+            raise PipelineError(f"{name}.images={self.images!r} is not one of {', '.join(IMAGE_SETS)}: fix params.yaml")
+        if self.encoder not in READINGS or (self.images == "real" and self.encoder == "f_g"):
+            raise PipelineError(f"{name}.encoder={self.encoder!r} must be f_r, or f_g for generated/noise images: fix params.yaml")
+
+
+def training_set(records: list[dict], embeddings_dir, variant: VariantParams,
+                 heldout: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """(embeddings, reference-caption lists) the variant trains on, in B order.
+
+    `records` are the real B records (their captions are every variant's targets);
+    `embeddings_dir` holds one folder per image set (`real/`, `generated/`, `noise/`).
+    """
+    ids = [r["image_id"] for r in records]
+    z = read_embeddings(Path(embeddings_dir) / variant.images, f"B.{variant.encoder}", ids)
+    caps = [r["captions"] for r in records]
+    if variant.heldout_only:
+        if not 0 < heldout < len(records):
+            raise PipelineError(f"align.heldout={heldout} leaves no held-out pairs among {len(records)}: raise it or drop heldout_only")
+        z, caps = z[len(records) - heldout:], caps[len(records) - heldout:]
+    return z, caps
+
+
+def real_test_embeddings(test_records: list[dict], embeddings_dir, variant: VariantParams,
+                    test_reading: str) -> tuple[torch.Tensor, str, str]:
+    """(embeddings of real T, the reading used, the file they came from, relative to `embeddings_dir`).
+
+    `test_reading: f_g` reads T through the variant's LoRA model (paper Section 3.2); a
+    variant trained on `f_r` embeddings has no LoRA model and reads T through `f_r` (the
+    paper's Algorithm 1), as does every variant with `test_reading: f_r`.
+    """
+    reading = "f_g" if test_reading == "f_g" and variant.encoder == "f_g" else "f_r"
+    folder = variant.images if reading == "f_g" else "real"
+    z = read_embeddings(Path(embeddings_dir) / folder, f"T.{reading}", [r["image_id"] for r in test_records])
+    return z, reading, f"{folder}/T.{reading}.npy"

@@ -1,0 +1,2 @@
+"""Evaluation: caption metrics (pycocoevalcap + WMD), zero-shot attribute classification and
+caption retrieval with the mini CLIP."""

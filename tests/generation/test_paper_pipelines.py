@@ -1,0 +1,296 @@
+"""Tests for the paper-scale generation path, run on tiny randomly initialised pipelines.
+
+Each tiny pipeline uses the same diffusers/transformers classes as the paper checkpoints, is
+saved with `save_pretrained` and loaded back through `load_paper_pipeline`, so the exact
+`from_pretrained` call used at paper scale is exercised without any download.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in these tests may reach the Hub
+
+import numpy as np
+import pytest
+import torch
+
+from gmail.core.errors import PipelineError
+from gmail.generation.paper_pipelines import generate_paper_images, load_paper_pipeline
+
+SIZE = 32
+STEPS = 2
+CAPTIONS = ["a red cube on a table", "two dogs in the snow", "a city at night"]
+SEEDS = [11, 22, 33]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Run the tiny models single-threaded: they gain nothing from threads, and on a busy
+    2-core machine OpenMP threads competing with another process made a test 50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _clip_tokenizer():
+    """A CLIP BPE tokenizer over single byte-level characters (no merges), max length 32."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())  # the 256 printable stand-ins for raw bytes
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for piece in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
+
+
+def _t5_tokenizer():
+    """A T5 Unigram tokenizer over lowercase letters, max length 32."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab += [("▁" + c, -3.5) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=32)
+
+
+def _clip_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=32,
+        vocab_size=vocab_size,
+        projection_dim=32,
+        hidden_act="gelu",
+    )
+    return CLIPTextModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def sd2_dir(tmp_path_factory):
+    """A tiny StableDiffusionPipeline saved to disk."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=SIZE,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=_clip_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = tmp_path_factory.mktemp("tiny-sd2")
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    """A tiny FluxPipeline saved to disk (no guidance embedding, like schnell)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    tokenizer_2 = _t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=False,
+    )
+    vae = AutoencoderKL(
+        sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=_clip_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+    path = tmp_path_factory.mktemp("tiny-flux")
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sd2_pipe(sd2_dir):
+    return load_paper_pipeline("sd2", str(sd2_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def flux_pipe(flux_dir):
+    return load_paper_pipeline("flux", str(flux_dir), dtype="float32", device="cpu")
+
+
+def _run(pipe, captions, seeds, batch_size, guidance):
+    out = list(
+        generate_paper_images(
+            pipe, captions, seeds, steps=STEPS, guidance=guidance, height=SIZE, width=SIZE, batch_size=batch_size
+        )
+    )
+    assert [i for i, _ in out] == list(range(len(captions)))
+    return [np.asarray(img, dtype=np.int16) for _, img in out]
+
+
+def _run_size(pipe, height, width):
+    return [
+        img
+        for _, img in generate_paper_images(
+            pipe, CAPTIONS[:1], SEEDS[:1], steps=1, guidance=1.0, height=height, width=width, batch_size=1
+        )
+    ]
+
+
+def test_sd_loader_uses_ddim_and_no_safety_checker(sd2_pipe):
+    from diffusers import DDIMScheduler
+
+    assert isinstance(sd2_pipe.scheduler, DDIMScheduler)
+    assert sd2_pipe.safety_checker is None
+
+
+@pytest.mark.parametrize("family,guidance", [("sd2", 7.5), ("flux", 0.0)])
+def test_size_determinism_and_batch_independence(family, guidance, request):
+    pipe = request.getfixturevalue(f"{family}_pipe")
+    batched = _run(pipe, CAPTIONS, SEEDS, batch_size=3, guidance=guidance)
+    assert all(img.shape == (SIZE, SIZE, 3) for img in batched)
+    single = _run(pipe, CAPTIONS, SEEDS, batch_size=1, guidance=guidance)
+    for a, b in zip(batched, single):
+        # Batched and single-prompt forward passes may differ in float rounding only.
+        assert np.abs(a - b).max() <= 2
+    again = _run(pipe, CAPTIONS[:1], SEEDS[:1], batch_size=1, guidance=guidance)
+    assert np.array_equal(again[0], single[0])
+    # A different seed must actually change the image, else the checks above prove nothing.
+    other = _run(pipe, CAPTIONS[:1], [SEEDS[0] + 1], batch_size=1, guidance=guidance)
+    assert np.abs(other[0] - single[0]).max() > 2
+
+
+@pytest.mark.parametrize("family", ["sd2", "flux"])
+def test_non_square_size(family, request):
+    (img,) = _run_size(request.getfixturevalue(f"{family}_pipe"), height=16, width=32)
+    assert img.size == (32, 16)
+
+
+def test_dtype_is_applied_to_every_model(sd2_dir):
+    pipe = load_paper_pipeline("sd2", str(sd2_dir), dtype="bfloat16", device="cpu")
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
+
+
+def test_unknown_family_and_dtype():
+    with pytest.raises(PipelineError, match="sd2, flux"):
+        load_paper_pipeline("sdxl", "whatever", dtype="float32", device="cpu")
+    with pytest.raises(PipelineError, match="float32"):
+        load_paper_pipeline("sd2", "whatever", dtype="int8", device="cpu")
+
+
+def test_bad_path(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(PipelineError, match="no-such-model"):
+        load_paper_pipeline("sd2", str(missing), dtype="float32", device="cpu")
+    with pytest.raises(PipelineError, match="no-such-model"):
+        load_paper_pipeline("flux", str(missing), dtype="float32", device="cpu")
+
+
+def test_bad_generation_arguments(sd2_pipe):
+    with pytest.raises(PipelineError, match="seed"):
+        list(generate_paper_images(sd2_pipe, CAPTIONS, SEEDS[:2], 1, 1.0, SIZE, SIZE, 1))
+    with pytest.raises(PipelineError, match="multiple"):
+        list(generate_paper_images(sd2_pipe, CAPTIONS[:1], SEEDS[:1], 1, 1.0, SIZE + 1, SIZE, 1))
+    with pytest.raises(PipelineError, match="batch"):
+        list(generate_paper_images(sd2_pipe, CAPTIONS[:1], SEEDS[:1], 1, 1.0, SIZE, SIZE, 0))
+
+
+@pytest.mark.parametrize("family", ["sd2", "flux"])
+def test_generate_stage_at_paper_scale(family, request, tmp_path, monkeypatch):
+    """stages.generate with gen.scale=paper loads the saved pipeline through load_paper_pipeline."""
+    import json
+
+    from helpers import write_params
+    from PIL import Image as PILImage
+
+    from stages import generate
+
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    monkeypatch.chdir(tmp_path)
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    rows = [{"image_id": f"im{i}", "path": f"images/im{i}.png", "captions": [f"a red shape number {i}"]} for i in range(3)]
+    (caps / "B.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = write_params(tmp_path / "p.yaml", seed=3, paths={"captions": str(caps), "generated": str(tmp_path / "gen")},
+                          gen={"scale": "paper", "model": family, family: str(model_dir), "steps": STEPS, "guidance": 2.0,
+                               "resolution": SIZE, "batch_size": 2, "dtype": "float32", "device": "cpu"})
+    generate.main(["--params", params])
+    out = [json.loads(x) for x in (tmp_path / "gen/generated.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in out] == ["im0", "im1", "im2"] and [r["seed"] for r in out] == [3, 4, 5]
+    for r in out:
+        assert PILImage.open(tmp_path / "gen" / r["path"]).size == (SIZE, SIZE)
+    metrics = json.loads((tmp_path / "metrics/generate.json").read_text())
+    assert metrics["scale"] == "paper" and metrics["model"] == family and metrics["count"] == 3

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gmail.align.lora import add_lora, base_model
+from gmail.align.loss import gmail_loss
+from gmail.core.errors import PipelineError
+from gmail.models.embeddings import read_embeddings, write_embeddings
+from gmail.models.image_tower import MINI_LORA_TARGETS, head_embeddings, load_image_tower, trunk_features
+from gmail.models.mini_clip import MiniClip, MiniClipConfig, save_mini_clip
+
+TINY_VIT = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_open_clip(tmp_path_factory):
+    """A tiny open_clip ViT registered as a model config, with its weights saved to a checkpoint
+    file: loaded through the same `open_clip.create_model(name, pretrained=...)` call that
+    paper scale uses with `ViT-B-32` / `openai`."""
+    import open_clip
+
+    root = tmp_path_factory.mktemp("openclip")
+    (root / "gmail-tiny-vit.json").write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(root / "gmail-tiny-vit.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("gmail-tiny-vit", pretrained=None)
+    torch.save(model.state_dict(), root / "tiny.pt")
+    return model, str(root / "tiny.pt")
+
+
+def test_paper_tower_loads_the_checkpoint_and_embeds_any_image_size(tiny_open_clip):
+    model, ckpt = tiny_open_clip
+    tower = load_image_tower("paper", "unused", name="gmail-tiny-vit", pretrained=ckpt)
+    assert tower.load_size == 32 and not any(p.requires_grad for p in tower.parameters())
+    x = torch.rand(3, 3, 32, 32)
+    mean = torch.tensor(model.visual.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(tower(x), model.visual((x - mean) / std), atol=1e-5)
+        assert tower(torch.rand(2, 3, 48, 40)).shape == (2, 16)
+
+
+def test_paper_lora_covers_attention_and_mlp_and_trains(tiny_open_clip):
+    _, ckpt = tiny_open_clip
+    tower = load_image_tower("paper", "unused", name="gmail-tiny-vit", pretrained=ckpt)
+    f_g = add_lora(tower, 4, tower.lora_targets)
+    wrapped = {n.rsplit(".", 1)[0] for n, p in f_g.named_parameters() if p.requires_grad}
+    for block in range(2):
+        for layer in ("attn", "mlp.c_fc", "mlp.c_proj"):
+            assert any(f"resblocks.{block}.{layer}" in n for n in wrapped), (block, layer)
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        target = tower(x)
+        assert torch.allclose(f_g(x), target, atol=1e-5)  # LoRA starts as the identity
+    opt = torch.optim.AdamW([p for p in f_g.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = gmail_loss(base_model(f_g).head(base_model(f_g).trunk(x)), target.flip(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(f_g(x), tower(x), atol=1e-4)
+
+
+def test_paper_tower_unknown_model_is_an_error():
+    with pytest.raises(PipelineError, match="open_clip"):
+        load_image_tower("paper", "unused", name="gmail-no-such-vit", pretrained="")
+
+
+def test_mini_tower_trunk_then_head_is_the_whole_encoder_and_lora_targets_the_trained_part(tmp_path):
+    torch.manual_seed(0)
+    save_mini_clip(MiniClip(MiniClipConfig(image_size=64, embed_dim=256)), tmp_path)
+    tower = load_image_tower("mini", str(tmp_path))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        feats = trunk_features(tower, x, batch_size=3)
+        assert torch.allclose(head_embeddings(tower.head, feats, batch_size=3),
+                              torch.nn.functional.normalize(tower(x), dim=-1), atol=1e-5)
+    f_g = add_lora(tower, 4, MINI_LORA_TARGETS)
+    names = [n for n, p in f_g.named_parameters() if p.requires_grad]
+    assert any("blocks.6.0.conv_pw" in n for n in names) and any("conv_head" in n for n in names)
+    assert any(n.startswith("base_model.model.proj") for n in names)
+    assert not any("blocks.5" in n or "conv_stem" in n for n in names)
+
+
+def test_embeddings_round_trip_and_reject_other_images(tmp_path):
+    z = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    write_embeddings(tmp_path, {"B.f_r": z}, {"B": ["a", "b", "c"]})
+    assert torch.equal(read_embeddings(tmp_path, "B.f_r", ["a", "b", "c"]), z)
+    assert np.load(tmp_path / "B.f_r.npy").dtype == np.float32
+    with pytest.raises(PipelineError, match="other B images"):
+        read_embeddings(tmp_path, "B.f_r", ["a", "c", "b"])
+    with pytest.raises(PipelineError, match="not found"):
+        read_embeddings(tmp_path, "T.f_r", ["a"])

@@ -1,0 +1,93 @@
+"""gmail.models.text: frozen MiniLM sentence embeddings and the .npz text cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gmail.core.errors import PipelineError
+from gmail.models.text import MINILM_DIM, encode_texts, encode_texts_cached, write_text_cache
+
+TEXTS = [
+    "a small red circle in the top left corner",
+    "a little red circle near the top left",
+    "the stock market fell sharply on monday",
+    "a small red circle in the top left corner",
+]
+
+
+@pytest.fixture(scope="module")
+def emb():
+    """Loads MiniLM once for the module (later calls hit encode_texts' model cache)."""
+    return encode_texts(TEXTS)
+
+
+def test_shape_dtype_and_unit_norm(emb):
+    assert emb.shape == (len(TEXTS), MINILM_DIM) == (4, 384)
+    assert emb.dtype == np.float32 and emb.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_identical_texts_identical_rows(emb):
+    assert np.array_equal(emb[0], emb[3])
+    assert not np.allclose(emb[0], emb[1])
+
+
+def test_similar_sentences_are_closer_than_unrelated(emb):
+    similar = float(emb[0] @ emb[1])
+    unrelated = float(emb[0] @ emb[2])
+    assert similar > unrelated + 0.2
+
+
+def test_rows_follow_input_order_and_do_not_depend_on_the_batch(emb):
+    alone = encode_texts([TEXTS[2]])
+    np.testing.assert_allclose(alone[0], emb[2], atol=1e-5)
+    reordered = encode_texts(TEXTS[::-1])
+    np.testing.assert_allclose(reordered, emb[::-1], atol=1e-5)
+
+
+def test_empty_input_gives_empty_array():
+    out = encode_texts([])
+    assert out.shape == (0, MINILM_DIM) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None])
+def test_empty_caption_is_pipeline_error(bad):
+    with pytest.raises(PipelineError, match="empty caption"):
+        encode_texts(["a fine caption", bad])
+
+
+def test_cache_round_trip_equals_encode_texts(tmp_path, emb):
+    cache = tmp_path / "texts.npz"
+    write_text_cache(TEXTS, str(cache))
+    assert cache.is_file()
+    out = encode_texts_cached(TEXTS, str(cache))
+    assert out.shape == emb.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, emb, atol=1e-6)
+    # A subset, in another order, with repeats.
+    sub = [TEXTS[2], TEXTS[0], TEXTS[2]]
+    np.testing.assert_allclose(encode_texts_cached(sub, str(cache)), emb[[2, 0, 2]], atol=1e-6)
+
+
+def test_no_cache_falls_back_to_encode_texts(emb):
+    np.testing.assert_allclose(encode_texts_cached(TEXTS, None), emb, atol=1e-6)
+
+
+def test_missing_text_in_cache_is_pipeline_error(tmp_path):
+    cache = tmp_path / "texts.npz"
+    write_text_cache(TEXTS[:2], str(cache))
+    with pytest.raises(PipelineError) as info:
+        encode_texts_cached([TEXTS[0], "a caption the cache never saw"], str(cache))
+    msg = str(info.value)
+    assert "a caption the cache never saw" in msg and str(cache) in msg and "1 captions" in msg
+
+
+def test_missing_cache_file_is_pipeline_error(tmp_path):
+    with pytest.raises(PipelineError):
+        encode_texts_cached(["a caption"], str(tmp_path / "nope.npz"))
+
+
+def test_cache_round_trip_without_npz_suffix(tmp_path, emb):
+    cache = str(tmp_path / "texts.cache")
+    write_text_cache(TEXTS, cache)
+    np.testing.assert_allclose(encode_texts_cached(TEXTS, cache), emb, atol=1e-6)

@@ -1,0 +1,109 @@
+"""End to end: `dvc` itself on the real dvc.yaml files, tiny params, in a temporary git repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, VARIANTS, write_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+COPY = ["gmail", "stages", "dvc.yaml", "pretrain/dvc.yaml", "pretrain/dvc.lock", "pretrain/params.yaml",
+        "pretrain/models", "metrics/pretrain", "plots/pretrain", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+
+
+def _run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    """A git repo holding the pipeline with tiny params, after one `dvc repro`, committed."""
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    for rel in COPY:
+        src, dst = ROOT / rel, work / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    write_params(work / "params.yaml", data={"n_a": 6, "n_b": 4, "n_t": 2}, gen={"steps": 2, "batch_size": 3, "device": "cpu"},
+                 encoder={"device": "cpu"}, align={"steps": 2, "batch_size": 4, "heldout": 1},
+                 caption={"seeds": 2, "steps": 2, "batch_size": 4, "device": "cpu",
+                          "model": {"n_embd": 16, "n_head": 2, "prefix_hidden": 16}})
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    _run(["git", "init", "-q", "-b", "main"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "tiny"], work, env)
+    log = _run(["dvc", "repro"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "repro"], work, env)
+    return work, env, log
+
+
+def test_repro_runs_to_the_end_then_is_a_no_op(tiny_repo):
+    work, env, log = tiny_repo
+    assert "Running stage 'captions'" in log and "Running stage 'generate'" in log
+    # Frozen pretrain stages are upstream of generate but never rerun.
+    assert "Running stage 'pretrain/dvc.yaml:generator" not in log
+    assert json.loads((work / "metrics/generate.json").read_text())["count"] == 4
+    gen_ids = [json.loads(x)["image_id"] for x in (work / "data/generated/generated.jsonl").read_text().splitlines()]
+    assert gen_ids == [json.loads(x)["image_id"] for x in (work / "data/captions/B.jsonl").read_text().splitlines()]
+    for variant in VARIANTS:
+        m = json.loads((work / f"metrics/caption/{variant}.json").read_text())
+        per_seed = json.loads((work / f"data/eval_caption/{variant}.json").read_text())["per_seed"]
+        assert m["seeds"] == 2 and m["spice"] is None and set(per_seed) == {"seed0", "seed1"}
+        assert m["bleu4"]["mean"] == pytest.approx((per_seed["seed0"]["bleu4"] + per_seed["seed1"]["bleu4"]) / 2)
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], work, env))
+    files = {f for rev in shown.values() for f in rev["data"]}
+    assert {f"metrics/caption/{v}.json" for v in VARIANTS} | {"metrics/align/generated.json", "metrics/align/noise.json"} <= files
+    assert "Running stage" not in _run(["dvc", "repro"], work, env)
+    assert "up to date" in _run(["dvc", "status", "dvc.yaml"], work, env)
+
+
+def test_dvc_plots_knows_the_curves_tsne_and_grids(tiny_repo):
+    work, env, _ = tiny_repo
+    out = _run(["dvc", "plots", "show", "--json"], work, env)
+    for name in ("plots/align/loss-generated.tsv", "plots/align/tsne-generated.png", "plots/align/loss-noise.tsv",
+                 "plots/caption/gmail/loss-seed0.tsv", "plots/pretrain/grid-sd2.png"):
+        assert name in out, name
+
+
+def test_editing_metrics_code_marks_only_eval_caption_stale(tiny_repo):
+    work, env, _ = tiny_repo
+    path = work / "gmail/eval/caption_metrics.py"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace("def summarise_seeds(", "def summarise_seeds(  # edited\n", 1))
+        status = _run(["dvc", "status", "dvc.yaml", "--json"], work, env)
+        assert set(json.loads(status)) == {"eval_caption"}, status
+    finally:
+        path.write_text(original)
+    assert "up to date" in _run(["dvc", "status", "dvc.yaml"], work, env)
+
+
+def test_repro_force_twice_leaves_metrics_unchanged(tiny_repo):
+    work, env, _ = tiny_repo
+    _run(["dvc", "repro", "-f", "align@generated", "caption@gmail", "eval_caption"], work, env)
+    assert _run(["dvc", "metrics", "diff", "--json"], work, env).strip() in ("{}", "")
+
+
+def test_exp_run_flux_reruns_only_generation_downstream(tiny_repo):
+    work, env, _ = tiny_repo
+    out = _run(["dvc", "exp", "run", "--temp", "-S", "gen.model=flux"], work, env)
+    assert "Running stage 'generate'" in out
+    # Whatever reads generated images reruns; the real-image and noise branches do not.
+    for stage in ("align@generated", "caption@synthetic", "caption@gmail", "caption@gmail_heldout", "eval_caption"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("captions", "embed", "align@noise", "caption@real", "caption@noise"):
+        assert f"Running stage '{stage}'" not in out
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], work, env))
+    assert "flux" in json.dumps(shown)

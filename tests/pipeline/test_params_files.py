@@ -1,0 +1,101 @@
+"""Both shipped params files: every section parses into its dataclass with the file's values, and
+no dataclass default can stand in for a key the file sets (one source of truth)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from helpers import MAIN_PARAMS, PRETRAIN_PARAMS, params_dict
+
+from gmail.align.params import AlignParams
+from gmail.core.config import get_paths, get_seed, load_params, section
+from gmail.core.errors import PipelineError
+from gmail.downstream.variants import VariantParams
+from gmail.generation.mini_diffusion import GeneratorConfig
+from gmail.models.image_tower import EncoderParams
+from stages.caption import CaptionParams
+from stages.captions import DataParams
+from stages.eval_caption import EvalCaptionParams
+from stages.generate import GenParams
+from stages.pretrain_clip import ClipParams
+from stages.pretrain_fidelity import FidelityParams
+from stages.pretrain_generator import TrainParams
+
+# Every top-level key of each file and what parses it. A new section needs an entry here.
+MAIN = {"data": DataParams, "gen": GenParams, "encoder": EncoderParams, "align": AlignParams,
+        "caption": CaptionParams, "eval_caption": EvalCaptionParams}
+PRETRAIN = {"clip": ClipParams, "generator": TrainParams, "sd2": GeneratorConfig, "flux": GeneratorConfig,
+            "fidelity": FidelityParams}
+SPECIAL = {"seed", "paths", "variants"}  # parsed by get_seed, get_paths, VariantParams per entry
+
+
+def _as_plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def _check_section(raw: dict, cls, name: str):
+    obj = section(raw, cls, name)
+    plain = _as_plain(obj)
+    for key, value in raw.items():
+        assert plain[key] == value, f"{name}.{key}: file says {value!r}, dataclass holds {plain[key]!r}"
+    return obj
+
+
+@pytest.mark.parametrize("path,parsers", [(MAIN_PARAMS, MAIN), (PRETRAIN_PARAMS, PRETRAIN)], ids=["params.yaml", "pretrain"])
+def test_every_section_parses_with_the_files_values(path, parsers):
+    params = load_params(path)
+    assert set(params) == set(parsers) | (SPECIAL if path == MAIN_PARAMS else SPECIAL - {"variants"})
+    assert get_seed(params) >= 0
+    paths = vars(get_paths(params, *params["paths"]))
+    assert all(isinstance(p, Path) and not p.is_absolute() for p in paths.values())  # relative to the repository
+    for name, cls in parsers.items():
+        _check_section(params[name], cls, name)
+    for name, raw in params.get("variants", {}).items():
+        _check_section(raw, VariantParams, f"variants.{name}")
+
+
+def _required(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("path,parsers", [(MAIN_PARAMS, MAIN), (PRETRAIN_PARAMS, {k: v for k, v in PRETRAIN.items() if k not in ("sd2", "flux")})],
+                         ids=["params.yaml", "pretrain"])
+def test_sections_have_no_defaults_for_keys_the_file_sets(path, parsers):
+    params = load_params(path)
+    for name, cls in parsers.items():
+        assert set(params[name]) == _required(cls), f"section {name}: file keys vs dataclass fields without default"
+    # caption.model is a nested section with the same rule.
+    if "caption" in parsers:
+        from gmail.downstream.clipcap import ClipCapConfig
+
+        assert set(params["caption"]["model"]) == _required(ClipCapConfig)
+
+
+def test_generator_sections_set_exactly_their_familys_keys():
+    pre = load_params(PRETRAIN_PARAMS)
+    for family in ("sd2", "flux"):
+        config = section(pre[family], GeneratorConfig, family)
+        unset = {f.name for f in dataclasses.fields(GeneratorConfig) if f.name not in pre[family] and f.name != "text_dim"}
+        assert all(getattr(config, k) is None for k in unset), family  # the other family's keys stay None
+
+
+@pytest.mark.parametrize("name,cls", sorted(MAIN.items()))
+def test_a_missing_key_is_a_one_line_error_naming_it(name, cls):
+    raw = load_params(MAIN_PARAMS)[name]
+    key = sorted(raw)[0]
+    broken = params_dict(MAIN_PARAMS)[name]
+    del broken[key]
+    with pytest.raises(PipelineError, match=f"params key {name}.{key} is missing"):
+        section(broken, cls, name)
+
+
+def test_paths_errors_name_the_key():
+    params = load_params(MAIN_PARAMS)
+    with pytest.raises(PipelineError, match="paths.nowhere"):
+        get_paths(params, "nowhere")
+    with pytest.raises(PipelineError, match="section paths"):
+        get_paths({"seed": 0}, "captions")

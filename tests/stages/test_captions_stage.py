@@ -1,0 +1,109 @@
+"""Stage `captions` on a few easy-vqa images: splits, determinism, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import DELETE, read_jsonl, write_params
+from PIL import Image
+
+from gmail.core.cli import run
+from stages import captions
+
+COUNTS = {"A": 4, "B": 3, "T": 2}
+
+
+def data_params(path: Path, **data) -> str:
+    return write_params(path, data={"n_a": COUNTS["A"], "n_b": COUNTS["B"], "n_t": COUNTS["T"], **data})
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def params(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return data_params(tmp_path / "params.yaml")
+
+
+def test_writes_splits(params, tmp_path):
+    captions.main(["--params", params])
+    out = tmp_path / "data" / "captions"
+    for name, n in COUNTS.items():
+        records = read_jsonl(out / f"{name}.jsonl")
+        assert len(records) == n
+        assert len({r["image_id"] for r in records}) == n
+        for rec in records:
+            assert len(set(rec["captions"])) >= 3
+            assert all(isinstance(c, str) and c.strip() for c in rec["captions"])
+            assert {"colour", "shape"} <= set(rec["attributes"])
+            assert not Path(rec["path"]).is_absolute()
+            image = out / rec["path"]
+            assert image.is_file()
+            with Image.open(image) as im:
+                im.load()
+                assert im.size[0] > 0 and im.size[1] > 0
+    ids = {name: {r["image_id"] for r in read_jsonl(out / f"{name}.jsonl")} for name in COUNTS}
+    assert not ids["A"] & ids["B"]
+    assert all(i.startswith("test-") for i in ids["T"])
+    metrics = json.loads((tmp_path / "metrics" / "captions.json").read_text())
+    assert metrics["n_a"] == 4 and metrics["n_b"] == 3 and metrics["n_t"] == 2
+    assert metrics["refs_per_image"] >= 3
+    assert metrics["distinct_captions_b"] >= 3
+
+
+def test_second_run_is_byte_identical(params, tmp_path):
+    captions.main(["--params", params])
+    first = snapshot(tmp_path / "data")
+    first_metrics = (tmp_path / "metrics" / "captions.json").read_bytes()
+    captions.main(["--params", params])
+    assert snapshot(tmp_path / "data") == first
+    assert (tmp_path / "metrics" / "captions.json").read_bytes() == first_metrics
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def corrupt_first_train_image(monkeypatch, tmp_path):
+    import easy_vqa
+
+    real = easy_vqa.get_train_image_paths()
+    bad = tmp_path / "garbage.png"
+    bad.write_bytes(b"this is not a png \x00\x01\x02" * 10)
+    ids = sorted(real)
+    paths = {i: real[i] for i in ids}
+    paths[ids[0]] = str(bad)
+    monkeypatch.setattr(easy_vqa, "get_train_image_paths", lambda: dict(paths))
+
+
+ERRORS = {
+    "easy_vqa_missing": (lambda mp, tmp: mp.setitem(sys.modules, "easy_vqa", None), {}, "easy-vqa"),
+    "corrupt_image": (corrupt_first_train_image, {}, "garbage.png"),
+    "unknown_source": (None, {"source": "flickr"}, "flickr"),
+    "unknown_key": (None, {"n_c": 3}, "data.n_c"),
+    "missing_key": (None, {"paper_b": DELETE}, "params key data.paper_b is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_errors_are_one_line_and_leave_nothing(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    setup, data, mentions = ERRORS[case]
+    params = data_params(tmp_path / "params.yaml", **data)
+    if setup:
+        setup(monkeypatch, tmp_path)
+    assert run(captions.main, ["--params", params]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("\n")
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert mentions in lines[0]
+    assert not (tmp_path / "data" / "captions").exists()
+    leftovers = list((tmp_path / "data").glob(".captions*")) if (tmp_path / "data").exists() else []
+    assert leftovers == []
+    assert not (tmp_path / "metrics" / "captions.json").exists()
