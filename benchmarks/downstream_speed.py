@@ -8,19 +8,16 @@ shaped like the pipeline's. Needs the committed mini CLIP (pretrain/models/clip)
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gmail.align import lora as alignment  # noqa: E402
-from gmail.core.config import load_params, section  # noqa: E402
-from gmail.downstream.clipcap import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, train_clipcap  # noqa: E402
-from gmail.models.image_tower import EncoderParams, load_tower_from_params, trunk_features  # noqa: E402
+from gmail.align.lora import add_lora, base_model
+from gmail.align.train import train_alignment
+from gmail.core.config import load_params, section
+from gmail.downstream.clipcap import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, train_clipcap
+from gmail.models.image_tower import EncoderParams, load_tower_from_params, trunk_features
 
 
 def main():
@@ -34,11 +31,11 @@ def main():
     tower = load_tower_from_params(section(params["encoder"], EncoderParams, "encoder"), "cpu")
     feats = trunk_features(tower, torch.rand(a["batch_size"] * 2, 3, 32, 32, generator=g))
     z_real = F.normalize(torch.randn(len(feats), 256, generator=g), dim=-1)
-    f_g = alignment.add_lora(tower, a["rank"], tower.lora_targets)
-    head = alignment.base_model(f_g).head
-    alignment.train_alignment(f_g, feats, z_real, 2, a["batch_size"], progress=False, forward=head)  # warm-up
+    f_g = add_lora(tower, a["rank"], tower.lora_targets)
+    head = base_model(f_g).head
+    train_alignment(f_g, feats, z_real, 2, a["batch_size"], progress=False, forward=head)  # warm-up
     t = time.time()
-    alignment.train_alignment(f_g, feats, z_real, args.steps, a["batch_size"], progress=False, forward=head)
+    train_alignment(f_g, feats, z_real, args.steps, a["batch_size"], progress=False, forward=head)
     print(f"align: {(time.time() - t) / args.steps:.3f} s/step at batch {a['batch_size']}, rank {a['rank']}")
 
     import tempfile

@@ -7,18 +7,14 @@ for sampling, the committed weights with the main pipeline's gen.steps and gen.g
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gmail.core.config import load_params, section  # noqa: E402
-from gmail.generation.mini_diffusion import GeneratorConfig, load_generator, train_generator  # noqa: E402
-from gmail.generation.mini_sampling import sample  # noqa: E402
+from gmail.core.config import load_params, section
+from gmail.generation.mini_diffusion import GeneratorConfig, load_generator, train_generator
+from gmail.generation.mini_sampling import sample
 
 
 def main():
@@ -37,7 +33,7 @@ def main():
         t = time.time()
         train_generator(cfg, imgs, emb, steps=args.train_steps, batch_size=args.batch_size, progress=False)
         train_s = (time.time() - t) / args.train_steps
-        model, sched, cfg2 = load_generator(f"pretrain/models/{family}")
+        model, sched, cfg2 = load_generator(main_p["gen"][family])
         cond = torch.from_numpy(emb[: args.images, 0])
         t = time.time()
         sample(model, sched, cfg2, cond, list(range(args.images)), main_p["gen"]["steps"], main_p["gen"]["guidance"])
