@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
 import torch
 
-from gmail.core.config import get_seed, load_params, pick_device, section, set_seed, torch_dtype
+from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed, torch_dtype
 from gmail.core.errors import PipelineError
 
 
@@ -201,37 +200,28 @@ def test_torch_dtype():
         torch_dtype("float64")
 
 
-# --------------------------------------------------------------------------- shipped params files
+# --------------------------------------------------------------------------- paths
+# (the shipped params files themselves: tests/pipeline/test_params_files.py)
 
 
-def test_shipped_params_build_every_section(repo_root):
-    from gmail.generation.mini_diffusion import GeneratorConfig
-    from stages.captions import DataParams
-    from stages.generate import GenParams
-    from stages.pretrain_clip import ClipParams
-    from stages.pretrain_fidelity import FidelityParams
-    from stages.pretrain_generator import TrainParams
+def test_get_paths_returns_paths_by_attribute():
+    from pathlib import Path
 
-    main = load_params(repo_root / "params.yaml")
-    pre = load_params(repo_root / "pretrain" / "params.yaml")
-    assert get_seed(main) >= 0 and get_seed(pre) >= 0
+    paths = get_paths({"paths": {"captions": "data/captions", "metrics": "metrics"}}, "captions")
+    assert paths.captions == Path("data/captions") and not hasattr(paths, "metrics")
 
-    built = {
-        "data": section(main["data"], DataParams, "data"),
-        "gen": section(main["gen"], GenParams, "gen"),
-        "clip": section(pre["clip"], ClipParams, "clip"),
-        "generator": section(pre["generator"], TrainParams, "generator"),
-        "sd2": section(pre["sd2"], GeneratorConfig, "sd2"),
-        "flux": section(pre["flux"], GeneratorConfig, "flux"),
-        "fidelity": section(pre["fidelity"], FidelityParams, "fidelity"),
-    }
-    # Every key in the files lands in the dataclass with the file's value.
-    for name, obj in built.items():
-        raw = main.get(name) if name in main else pre[name]
-        for key, value in raw.items():
-            assert getattr(obj, key) == value, f"{name}.{key}"
-    assert built["sd2"].family == "sd2" and built["flux"].family == "flux"
-    # And every section key is a dataclass field (section() would have raised otherwise).
-    for name in ("sd2", "flux"):
-        assert set(pre[name]) <= {f.name for f in dataclasses.fields(GeneratorConfig)}
 
+@pytest.mark.parametrize("value", [None, "", "  ", 3, ["a"]])
+def test_get_paths_rejects_missing_or_non_string_entries(value):
+    with pytest.raises(PipelineError, match=r"paths\.captions"):
+        get_paths({"paths": {"captions": value}}, "captions")
+
+
+def test_section_dict_field_must_be_a_mapping():
+    @dataclass
+    class WithDict:
+        reader: dict
+
+    assert section({"reader": {"a": 1}}, WithDict, "demo").reader == {"a": 1}
+    with pytest.raises(PipelineError, match=r"demo\.reader must be a mapping"):
+        section({"reader": None}, WithDict, "demo")
