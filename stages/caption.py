@@ -21,14 +21,21 @@ from gmail.core.io import atomic_dir, write_json
 from gmail.data.coco_format import write_references, write_results
 from gmail.data.records import read_split
 from gmail.downstream.clipcap import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, save_clipcap, train_clipcap
-from gmail.downstream.variants import READINGS, VariantParams, real_test_embeddings, training_set
+from gmail.downstream.variants import READINGS, VariantParams, real_test_embeddings, training_set, validation_split
 from gmail.viz.curves import write_loss_curve
+
+SCHEDULES = ("converge", "equal_steps")
 
 
 @dataclass
 class CaptionParams:
     seeds: int
+    schedule: str           # converge (early stopping, capped at max_steps) | equal_steps (exactly `steps`)
     steps: int
+    max_steps: int
+    val_fraction: float
+    eval_every: int
+    patience: int
     batch_size: int
     lr: float
     weight_decay: float
@@ -37,8 +44,10 @@ class CaptionParams:
     device: str
 
     def validate(self, name):
-        if self.seeds < 1 or self.steps < 1 or self.batch_size < 1:
-            raise PipelineError(f"{name}.seeds, steps and batch_size must be positive: fix params.yaml")
+        if self.seeds < 1 or self.steps < 1 or self.max_steps < 1 or self.batch_size < 1:
+            raise PipelineError(f"{name}.seeds, steps, max_steps and batch_size must be positive: fix params.yaml")
+        if self.schedule not in SCHEDULES:
+            raise PipelineError(f"{name}.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}: fix params.yaml")
         if self.test_reading not in READINGS:
             raise PipelineError(f"{name}.test_reading={self.test_reading!r} is not one of {', '.join(READINGS)}: fix params.yaml")
 
@@ -67,28 +76,40 @@ def main(argv=None):
     t_ids = [r["image_id"] for r in test]
     z_test, reading, t_file = real_test_embeddings(test, paths.embeddings, v, p.test_reading)
 
-    # 2. One captioner per seed, written with its predictions and loss curve.
+    # 2. Early stopping holds out a fixed part of the variant's images; equal steps trains on all.
+    flat = [c for cs in caps for c in cs]  # the compact vocabulary covers every image's captions
+    validation, steps = None, p.steps
+    if p.schedule == "converge":
+        train_idx, val_idx = validation_split(len(caps), p.val_fraction, seed)
+        validation = (z_train[val_idx], [caps[i] for i in val_idx])
+        z_train, caps, steps = z_train[train_idx], [caps[i] for i in train_idx], p.max_steps
+
+    # 3. One captioner per seed, written with its predictions and loss curves.
     models, preds = paths.captioner / args.variant, paths.predictions / args.variant
     with atomic_dir(models) as model_tmp, atomic_dir(preds) as pred_tmp, \
             atomic_dir(paths.plots / "caption" / args.variant) as plot_tmp:
         tokenizer = gpt2_tokenizer(model_tmp / "tokenizer")
-        flat = [c for cs in caps for c in cs]
-        losses = {}
+        runs = {}
         for s in range(seed, seed + p.seeds):
             model = build_clipcap(p.model, z_train.shape[1], tokenizer, flat, seed=s)
-            curve = train_clipcap(model, z_train, caps, tokenizer, p.steps, p.batch_size, p.lr, p.weight_decay,
-                                  seed=s, device=device)
-            losses[f"seed{s}"] = float(sum(curve[-20:]) / len(curve[-20:]))
+            log = train_clipcap(model, z_train, caps, tokenizer, steps, p.batch_size, p.lr, p.weight_decay, seed=s,
+                                device=device, validation=validation, eval_every=p.eval_every, patience=p.patience)
+            runs[f"seed{s}"] = {"final_loss": float(sum(log.losses[-20:]) / len(log.losses[-20:])),
+                                "steps_run": log.steps_run, "best_step": log.best_step,
+                                "best_val_loss": min(log.val_losses) if log.val_losses else None}
             save_clipcap(model, model_tmp / f"seed{s}")
-            write_loss_curve(plot_tmp / f"loss-seed{s}.tsv", curve)
+            write_loss_curve(plot_tmp / f"loss-seed{s}.tsv", log.losses)
+            if log.val_losses:
+                write_loss_curve(plot_tmp / f"val-loss-seed{s}.tsv", log.val_losses, log.val_steps)
             texts = generate_captions(model, z_test, tokenizer, device=device)
             write_results(pred_tmp / f"seed{s}.json", t_ids, texts)
-            print(f"{args.variant} seed {s}: final loss {losses[f'seed{s}']:.3f}; e.g. {texts[0]!r}")
+            print(f"{args.variant} seed {s}: {log.steps_run} steps (best {log.best_step}); e.g. {texts[0]!r}")
         write_references(pred_tmp / "references.json", test)
         write_json(pred_tmp / "info.json", {
             "variant": args.variant, "train_images": v.images, "train_encoder": v.encoder,
-            "heldout_only": v.heldout_only, "train_size": len(caps), "steps": p.steps,
-            "test_reading": reading, "test_embeddings": str(paths.embeddings / t_file), "final_loss": losses})
+            "heldout_only": v.heldout_only, "train_size": len(caps), "val_size": len(validation[1]) if validation else 0,
+            "schedule": p.schedule, "steps": steps, "test_reading": reading,
+            "test_embeddings": str(paths.embeddings / t_file), "runs": runs})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Stage `eval_caption`: score every captioner variant's predictions on real T with
 pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr; SPICE when its CoreNLP jars are present)
-and WMD, x100 as the paper prints them; mean and std over seeds per variant.
+and WMD, x100 as the paper prints them, plus attribute accuracy where T records carry
+attributes (mini scale: does the caption state the right colour, shape, size, position?);
+mean and std over seeds per variant.
 
 All variants are scored in one process so the Java tokenizer and METEOR start once.
 """
@@ -17,6 +19,7 @@ from gmail.core.io import atomic_dir, read_json, write_json
 from gmail.data.coco_format import read_results
 from gmail.data.records import read_split
 from gmail.downstream.variants import VariantParams
+from gmail.eval.caption_attributes import attribute_accuracy
 from gmail.eval.caption_metrics import METRICS, score_caption_sets, summarise_seeds
 
 
@@ -55,23 +58,29 @@ def main(argv=None):
     # 2. Score all sets at once; one metrics file per variant (means and stds, what
     # `dvc metrics show` lists) and one per-seed scores file per variant.
     scores = score_caption_sets(sets, references, wmd=p.wmd)
+    keys = METRICS
+    if all("attributes" in r for r in test):  # mini scale: T's true attribute values are known
+        attributes = {r["image_id"]: r["attributes"] for r in test}
+        for name, preds in sets.items():
+            scores[name].update(attribute_accuracy(preds, attributes))
+        keys = METRICS + tuple(k for k in next(iter(scores.values())) if k.startswith("attr_"))
     rows, details = {}, {}
     for v in variants:
         per_seed = {name.split("/")[1]: s for name, s in scores.items() if name.split("/")[0] == v}
-        row = summarise_seeds(list(per_seed.values()))
+        row = summarise_seeds(list(per_seed.values()), keys)
         first = next(iter(per_seed.values()))
         row.update({"seeds": len(per_seed), "test_reading": info[v].get("test_reading")})
         row.update({k: first[k] for k in ("spice_skipped", "wmd_skipped") if k in first})
         rows[v] = row
-        details[v] = {"per_seed": {k: {m: s[m] for m in METRICS} for k, s in per_seed.items()}, "info": info[v]}
+        details[v] = {"per_seed": {k: {m: s[m] for m in keys} for k, s in per_seed.items()}, "info": info[v]}
     with atomic_dir(paths.caption_scores) as tmp:
         for v in variants:
             write_json(tmp / f"{v}.json", details[v])
     for v, row in rows.items():
         write_json(paths.metrics / "caption" / f"{v}.json", row)
     for v, row in rows.items():
-        print(f"{v:>14}: " + "  ".join(f"{m} {row[m]['mean']:.2f}±{row[m]['std']:.2f}"
-                                       for m in ("bleu4", "meteor", "rouge_l", "cider", "wmd") if row[m]))
+        print(f"{v:>17}: " + "  ".join(f"{m} {row[m]['mean']:.2f}±{row[m]['std']:.2f}"
+                                       for m in ("bleu4", "cider", "wmd", "attr_colour", "attr_shape") if row.get(m)))
 
 
 if __name__ == "__main__":

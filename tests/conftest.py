@@ -54,7 +54,7 @@ def downstream_workspace(tmp_path_factory):
     write_params(root / "params.yaml", data={"n_a": 1, "n_b": 6, "n_t": 3},
                  encoder={"mini": str(root / "clip"), "device": "cpu", "batch_size": 4},
                  align={"rank": 2, "steps": 3, "batch_size": 4, "heldout": 2, "restart_steps": 2},
-                 caption={"seeds": 2, "steps": 4, "batch_size": 4, "device": "cpu",
+                 caption={"seeds": 2, "schedule": "equal_steps", "steps": 4, "batch_size": 4, "device": "cpu",
                           "model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "prefix_hidden": 16}})
     _in(root, captions.main, ["--params", "params.yaml"])
     gen_dir = root / "data/generated"
@@ -92,7 +92,7 @@ def aligned_workspace(embedded_workspace):
 
 @pytest.fixture(scope="session")
 def captioned_workspace(aligned_workspace):
-    """`aligned_workspace` after `caption@<variant>` for the five shipped variants."""
+    """`aligned_workspace` after `caption@<variant>` for the shipped variants (4 equal steps each)."""
     from stages import caption
 
     for variant in VARIANTS:

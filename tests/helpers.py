@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_PARAMS = ROOT / "params.yaml"
 PRETRAIN_PARAMS = ROOT / "pretrain" / "params.yaml"
-VARIANTS = ("synthetic", "gmail", "real", "gmail_heldout", "noise")  # the shipped captioner variants
+VARIANTS = ("synthetic", "gmail", "real", "gmail_heldout", "synthetic_heldout", "noise")  # the shipped captioner variants
 DELETE = object()  # as a value in `params_dict(...)`: remove that key
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -107,15 +107,21 @@ class ClipCap(nn.Module):
         """(B, D) image embeddings -> (B, prefix_length, n_embd) decoder input embeddings."""
         return self.mapping(embeddings).view(len(embeddings), self.config.prefix_length, -1)
 
-    def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over `labels` (decoder ids, IGNORE_INDEX elsewhere)."""
+    def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
+                per_caption: bool = False) -> torch.Tensor:
+        """Mean next-token cross-entropy over `labels` (decoder ids, IGNORE_INDEX elsewhere), or,
+        with `per_caption`, a (B,) tensor of each caption's own mean."""
         x = torch.cat([self.prefix(embeddings), self.decoder.get_input_embeddings()(tokens)], dim=1)
         # No attention mask: padding is on the right and attention is causal, so real tokens
         # never see it (and SDPA keeps its fast unmasked path). Logits only where a caption
         # token is predicted: the last prefix position predicts token 0, and the last input
         # position predicts nothing; this skips the LM head on the prefix.
         logits = self.decoder(inputs_embeds=x, logits_to_keep=tokens.shape[1] + 1).logits[:, :-1]
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        if not per_caption:
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        token_loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                     reduction="none").view(labels.shape)
+        return token_loss.sum(1) / (labels != IGNORE_INDEX).sum(1).clamp(min=1)
 
     def encode(self, captions: list[str], tokenizer) -> list[list[int]]:
         """Decoder ids of each caption, truncated to `max_length`, followed by end-of-text."""
@@ -201,30 +207,87 @@ def _pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, lengths
 
 
+@dataclass
+class TrainLog:
+    """What `train_clipcap` did: the loss of every step run and, with validation, the
+    validation loss at each check and the step whose weights were kept."""
+
+    losses: list[float]
+    val_steps: list[int] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    best_step: int | None = None      # None: no validation; the final weights are kept
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.losses)
+
+
+def _caption_rows(model: ClipCap, captions: list[list[str]], tokenizer, device: str):
+    """Every reference of every image tokenised once: (tokens, lengths, first row of each image, count per image)."""
+    counts = torch.tensor([len(caps) for caps in captions], dtype=torch.long)
+    offsets = counts.cumsum(0) - counts  # row of image i's first caption in `tokens`
+    tokens, lengths = _pad(model.encode([c for caps in captions for c in caps], tokenizer), model.eos_id)
+    return tokens.to(device), lengths.to(device), offsets, counts
+
+
+def _check(model: ClipCap, embeddings: torch.Tensor, captions: list[list[str]], what: str) -> None:
+    if len(captions) != len(embeddings):
+        raise PipelineError(f"{len(embeddings)} {what} image embeddings but {len(captions)} caption lists: pass one list per image")
+    if any(not caps for caps in captions):
+        raise PipelineError(f"a {what} image has no reference captions: drop it or add captions")
+    if embeddings.shape[1] != model.embed_dim:
+        raise PipelineError(f"embeddings are {embeddings.shape[1]}-d but the captioner expects {model.embed_dim}-d: rebuild it for this encoder")
+
+
+@torch.no_grad()
+def validation_loss(model: ClipCap, embeddings: torch.Tensor, captions: list[list[str]], tokenizer,
+                    batch_size: int = 512, device: str = "cpu") -> float:
+    """Mean over every (image, reference caption) pair of that caption's mean next-token
+    cross-entropy (each pair weighs the same, whatever its length); deterministic, in eval mode."""
+    _check(model, embeddings, captions, "validation")
+    tokens, lengths, _, counts = _caption_rows(model, captions, tokenizer, device)
+    image_of_row = torch.repeat_interleave(torch.arange(len(captions)), counts).to(device)
+    embeddings = embeddings.float().to(device)
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    positions = torch.arange(tokens.shape[1], device=device)
+    for i in range(0, len(tokens), batch_size):
+        tok, length = tokens[i:i + batch_size], lengths[i:i + batch_size]
+        labels = tok.masked_fill(positions >= length[:, None], IGNORE_INDEX)
+        per_caption = model(embeddings[image_of_row[i:i + batch_size]], tok, labels, per_caption=True)
+        total, n = total + float(per_caption.sum()), n + len(tok)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
 def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[str]], tokenizer, steps: int,
                   batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.01, seed: int = 0,
-                  device: str = "cpu", progress: bool = True) -> list[float]:
-    """Train the mapping and decoder on (image embedding, caption) pairs; returns per-step losses.
+                  device: str = "cpu", progress: bool = True,
+                  validation: tuple[torch.Tensor, list[list[str]]] | None = None, eval_every: int = 25,
+                  patience: int = 4) -> TrainLog:
+    """Train the mapping and decoder on (image embedding, caption) pairs.
 
     `embeddings` (N, D) are L2-normalised image embeddings; `captions[i]` the reference
     captions of image i, one drawn per step for each image in the batch. Loss: next-token
     cross-entropy on caption tokens and end-of-text. AdamW, linear warm-up then cosine
-    decay, gradient clipping at 1.
+    decay over `steps`, gradient clipping at 1.
+
+    Without `validation` it runs exactly `steps` steps (equal training steps). With
+    `validation=(embeddings, captions)` of images kept out of training, `steps` is a cap: the
+    validation loss is checked every `eval_every` steps, training stops after `patience`
+    checks without improvement, and the weights of the best check are restored (early stopping).
     """
     from tqdm.auto import tqdm
 
     # 1. Check inputs and tokenise every reference caption once.
-    if len(captions) != len(embeddings):
-        raise PipelineError(f"{len(embeddings)} image embeddings but {len(captions)} caption lists: pass one list per image")
-    if any(not caps for caps in captions):
-        raise PipelineError("an image has no reference captions: drop it or add captions")
-    if embeddings.shape[1] != model.embed_dim:
-        raise PipelineError(f"embeddings are {embeddings.shape[1]}-d but the captioner expects {model.embed_dim}-d: rebuild it for this encoder")
-    counts = torch.tensor([len(caps) for caps in captions], dtype=torch.long)
-    offsets = counts.cumsum(0) - counts  # row of image i's first caption in `tokens`
-    tokens, lengths = _pad(model.encode([c for caps in captions for c in caps], tokenizer), model.eos_id)
+    _check(model, embeddings, captions, "training")
+    if validation is not None:
+        _check(model, validation[0], validation[1], "validation")
+        if eval_every < 1 or patience < 1:
+            raise PipelineError(f"eval_every={eval_every} and patience={patience} must be positive: fix params.yaml")
+    tokens, lengths, offsets, counts = _caption_rows(model, captions, tokenizer, device)
     embeddings = embeddings.float().to(device)
-    tokens, lengths = tokens.to(device), lengths.to(device)
 
     # 2. Randomness: batches and caption choice from `gen`; dropout draws from the global
     # generator, so that is seeded too.
@@ -238,10 +301,11 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
 
-    # 4. Training loop.
-    losses = []
+    # 4. Training loop, with early stopping when validation data is given.
+    log = TrainLog(losses=[])
+    best_state, since_best = None, 0
     positions = torch.arange(tokens.shape[1], device=device)
-    for _ in tqdm(range(steps), desc="train ClipCap", disable=not progress):
+    for step in tqdm(range(1, steps + 1), desc="train ClipCap", disable=not progress):
         idx = torch.randperm(len(captions), generator=gen)[:batch_size]
         pick = offsets[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long().clamp(max=counts[idx] - 1)
         pick = pick.to(device)
@@ -254,9 +318,22 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        log.losses.append(loss.item())
+        if validation is not None and (step % eval_every == 0 or step == steps):
+            val = validation_loss(model, validation[0], validation[1], tokenizer, device=device)
+            log.val_steps.append(step)
+            log.val_losses.append(val)
+            if log.best_step is None or val < min(log.val_losses[:-1]):
+                log.best_step, since_best = step, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return losses
+    return log
 
 
 # --------------------------------------------------------------------------- generation

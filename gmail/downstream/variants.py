@@ -63,3 +63,22 @@ def real_test_embeddings(test_records: list[dict], embeddings_dir, variant: Vari
     folder = variant.images if reading == "f_g" else "real"
     z = read_embeddings(Path(embeddings_dir) / folder, f"T.{reading}", [r["image_id"] for r in test_records])
     return z, reading, f"{folder}/T.{reading}.npy"
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training indices, validation indices) of `n` images: a seeded random `fraction` of them
+    (at least one) held out for early stopping, both lists sorted.
+
+    The split depends only on (`n`, `fraction`, `seed`), so every seed of a variant, and every
+    variant trained on the same images, stops on the same validation images.
+    """
+    if not 0 < fraction < 1:
+        raise PipelineError(f"validation fraction {fraction} must be between 0 and 1: fix params.yaml")
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise PipelineError(f"{n} training images are too few to hold out {n_val} for validation: lower the fraction")
+    import numpy as np
+
+    val = sorted(np.random.default_rng(seed).choice(n, size=n_val, replace=False).tolist())
+    keep = set(val)
+    return [i for i in range(n) if i not in keep], val

@@ -146,11 +146,11 @@ def score_caption_sets(predictions: dict[str, dict[str, str]], references: dict[
     return results
 
 
-def summarise_seeds(scores: list[dict]) -> dict:
-    """{metric: {"mean", "std"}} over per-seed score dicts (population std); a metric that is
-    None in any seed (skipped, e.g. SPICE offline) stays None."""
+def summarise_seeds(scores: list[dict], keys=METRICS) -> dict:
+    """{metric: {"mean", "std"}} over per-seed score dicts (population std) for each of `keys`;
+    a metric that is None in any seed (skipped, e.g. SPICE offline) stays None."""
     out = {}
-    for m in METRICS:
+    for m in keys:
         values = [s[m] for s in scores]
         out[m] = None if any(v is None for v in values) else {"mean": float(np.mean(values)), "std": float(np.std(values))}
     return out

@@ -7,9 +7,13 @@ import os
 from gmail.core.io import atomic_file
 
 
-def write_loss_curve(path: str | os.PathLike, losses: list[float]) -> None:
-    """A `step<TAB>loss` TSV, one row per optimiser step (1-based), written atomically."""
+def write_loss_curve(path: str | os.PathLike, losses: list[float], steps: list[int] | None = None) -> None:
+    """A `step<TAB>loss` TSV written atomically: one row per optimiser step (1-based), or per
+    entry of `steps` when the losses were taken at those steps (validation checks)."""
+    steps = list(range(1, len(losses) + 1)) if steps is None else steps
+    if len(steps) != len(losses):
+        raise ValueError(f"{len(losses)} losses for {len(steps)} steps")
     with atomic_file(path) as fh:
         fh.write("step\tloss\n")
-        for step, loss in enumerate(losses, 1):
+        for step, loss in zip(steps, losses):
             fh.write(f"{step}\t{float(loss)!r}\n")

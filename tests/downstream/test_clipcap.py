@@ -37,7 +37,7 @@ def overfit(tokenizer):
     """A tiny ClipCap trained on five images, one caption each, until it memorises them."""
     model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=0)
     emb = _embeddings(len(CAPTIONS))
-    losses = cc.train_clipcap(model, emb, [[c] for c in CAPTIONS], tokenizer, steps=120, lr=1e-2, progress=False)
+    losses = cc.train_clipcap(model, emb, [[c] for c in CAPTIONS], tokenizer, steps=120, lr=1e-2, progress=False).losses
     return model, emb, losses
 
 
@@ -147,7 +147,7 @@ def test_same_seed_same_run_other_seed_differs(tokenizer):
 
     def run(build_seed, train_seed):
         model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=build_seed)
-        losses = cc.train_clipcap(model, emb, captions, tokenizer, steps=5, batch_size=4, seed=train_seed, progress=False)
+        losses = cc.train_clipcap(model, emb, captions, tokenizer, steps=5, batch_size=4, seed=train_seed, progress=False).losses
         return losses, cc.generate_captions(model, emb, tokenizer)
 
     losses, texts = run(0, 0)
@@ -199,7 +199,7 @@ def test_paper_decoder_loads_with_from_pretrained_and_full_vocab(tokenizer, tmp_
     assert torch.equal(model.decoder.transformer.wpe.weight, saved.transformer.wpe.weight)
     assert model.prefix(_embeddings(1)).shape == (1, 2, 32)  # width from the decoder, not config.n_embd
 
-    losses = cc.train_clipcap(model, _embeddings(2), [[CAPTIONS[0]], [CAPTIONS[1]]], tokenizer, steps=1, progress=False)
+    losses = cc.train_clipcap(model, _embeddings(2), [[CAPTIONS[0]], [CAPTIONS[1]]], tokenizer, steps=1, progress=False).losses
     assert len(losses) == 1 and 9 < losses[0] < 13  # ~ln(50257) = 10.8 for an untrained decoder
     captions = cc.generate_captions(model, _embeddings(2), tokenizer)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
@@ -208,3 +208,43 @@ def test_paper_decoder_loads_with_from_pretrained_and_full_vocab(tokenizer, tmp_
 def test_paper_decoder_that_cannot_load_is_a_pipeline_error(tokenizer, tmp_path):
     with pytest.raises(PipelineError, match="cannot load GPT-2 decoder"):
         cc.build_clipcap(cc.ClipCapConfig(**{**TINY, "decoder": str(tmp_path / "missing")}), EMBED, tokenizer, CAPTIONS)
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+def test_equal_steps_without_validation_runs_exactly_steps(tokenizer):
+    model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=0)
+    log = cc.train_clipcap(model, _embeddings(len(CAPTIONS)), [[c] for c in CAPTIONS], tokenizer, steps=7, progress=False)
+    assert log.steps_run == 7 and log.best_step is None and log.val_losses == []
+
+
+def test_early_stopping_restores_the_best_checkpoint(tokenizer):
+    emb, caps = _embeddings(len(CAPTIONS)), [[c] for c in CAPTIONS]
+    train, val = (emb[:-2], caps[:-2]), (emb[-2:], caps[-2:])
+    model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=0)
+    log = cc.train_clipcap(model, *train, tokenizer, steps=200, lr=5e-2, progress=False, validation=val, eval_every=5, patience=3)
+    assert log.val_steps[:2] == [5, 10] and len(log.val_losses) == len(log.val_steps)
+    assert log.best_step == log.val_steps[log.val_losses.index(min(log.val_losses))]
+    # Stopped `patience` checks after the best one (unless the cap came first) ...
+    assert log.steps_run == 200 or log.steps_run == log.best_step + 3 * 5
+    # ... and the model now holds the best check's weights: its validation loss is the best one.
+    assert cc.validation_loss(model, *val, tokenizer) == pytest.approx(min(log.val_losses), rel=1e-5)
+
+
+def test_validation_loss_is_the_mean_over_every_reference(tokenizer):
+    model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=0).eval()
+    emb = _embeddings(2)
+    both = cc.validation_loss(model, emb, [[CAPTIONS[0], CAPTIONS[1]], [CAPTIONS[2]]], tokenizer, batch_size=2)
+    parts = [cc.validation_loss(model, emb[i:i + 1], [[c]], tokenizer) for i, c in ((0, CAPTIONS[0]), (0, CAPTIONS[1]), (1, CAPTIONS[2]))]
+    assert both == pytest.approx(sum(parts) / 3, rel=1e-5)
+
+
+def test_per_caption_losses_average_to_the_batch_loss_for_equal_lengths(tokenizer):
+    model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=0).eval()
+    rows = model.encode([CAPTIONS[0], CAPTIONS[0]], tokenizer)
+    tok = torch.tensor(rows)
+    with torch.no_grad():
+        per = model(_embeddings(2), tok, tok, per_caption=True)
+        mean = model(_embeddings(2), tok, tok)
+    assert per.shape == (2,) and per.mean() == pytest.approx(float(mean), rel=1e-5)

@@ -34,8 +34,9 @@ def tiny_repo(tmp_path_factory):
         else:
             shutil.copy2(src, dst)
     write_params(work / "params.yaml", data={"n_a": 6, "n_b": 4, "n_t": 2}, gen={"steps": 2, "batch_size": 3, "device": "cpu"},
-                 encoder={"device": "cpu"}, align={"steps": 2, "batch_size": 4, "heldout": 1},
-                 caption={"seeds": 2, "steps": 2, "batch_size": 4, "device": "cpu",
+                 encoder={"device": "cpu"}, align={"steps": 2, "batch_size": 4, "heldout": 2},
+                 caption={"seeds": 2, "max_steps": 6, "eval_every": 2, "patience": 1, "val_fraction": 0.25,
+                          "batch_size": 4, "device": "cpu",
                           "model": {"n_embd": 16, "n_head": 2, "prefix_hidden": 16}})
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
@@ -61,10 +62,15 @@ def test_repro_runs_to_the_end_then_is_a_no_op(tiny_repo):
         m = json.loads((work / f"metrics/caption/{variant}.json").read_text())
         per_seed = json.loads((work / f"data/eval_caption/{variant}.json").read_text())["per_seed"]
         assert m["seeds"] == 2 and m["spice"] is None and set(per_seed) == {"seed0", "seed1"}
+        assert 0 <= m["attr_colour"]["mean"] <= 100 and m["attr_colour_shape"]["mean"] <= m["attr_colour"]["mean"]
         assert m["bleu4"]["mean"] == pytest.approx((per_seed["seed0"]["bleu4"] + per_seed["seed1"]["bleu4"]) / 2)
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], work, env))
     files = {f for rev in shown.values() for f in rev["data"]}
     assert {f"metrics/caption/{v}.json" for v in VARIANTS} | {"metrics/align/generated.json", "metrics/align/noise.json"} <= files
+    for name, keys in (("retrieval", 6), ("zeroshot", 6), ("long_retrieval", 2)):
+        m = json.loads((work / f"metrics/{name}.json").read_text())
+        assert set(m) == {"clip", "synthetic", "gmail", "real"} and len(m["gmail"]) == keys, name
+    assert {"metrics/retrieval.json", "metrics/zeroshot.json", "metrics/long_retrieval.json", "metrics/vqa.json"} <= files
     assert "Running stage" not in _run(["dvc", "repro"], work, env)
     assert "up to date" in _run(["dvc", "status", "dvc.yaml"], work, env)
 
@@ -101,7 +107,8 @@ def test_exp_run_flux_reruns_only_generation_downstream(tiny_repo):
     out = _run(["dvc", "exp", "run", "--temp", "-S", "gen.model=flux"], work, env)
     assert "Running stage 'generate'" in out
     # Whatever reads generated images reruns; the real-image and noise branches do not.
-    for stage in ("align@generated", "caption@synthetic", "caption@gmail", "caption@gmail_heldout", "eval_caption"):
+    for stage in ("align@generated", "caption@synthetic", "caption@gmail", "caption@gmail_heldout", "caption@synthetic_heldout",
+                  "eval_caption"):
         assert f"Running stage '{stage}'" in out
     for stage in ("captions", "embed", "align@noise", "caption@real", "caption@noise"):
         assert f"Running stage '{stage}'" not in out

@@ -12,12 +12,17 @@ from helpers import MAIN_PARAMS, PRETRAIN_PARAMS, params_dict
 from gmail.align.params import AlignParams
 from gmail.core.config import get_paths, get_seed, load_params, section
 from gmail.core.errors import PipelineError
+from gmail.downstream.text_tuning import TuneTextParams
 from gmail.downstream.variants import VariantParams
 from gmail.generation.mini_diffusion import GeneratorConfig
 from gmail.models.image_tower import EncoderParams
 from stages.caption import CaptionParams
 from stages.captions import DataParams
 from stages.eval_caption import EvalCaptionParams
+from stages.eval_long_retrieval import EvalLongRetrievalParams
+from stages.eval_retrieval import EvalRetrievalParams
+from stages.eval_vqa import EvalVqaParams
+from stages.eval_zeroshot import EvalZeroshotParams
 from stages.generate import GenParams
 from stages.pretrain_clip import ClipParams
 from stages.pretrain_fidelity import FidelityParams
@@ -25,7 +30,9 @@ from stages.pretrain_generator import TrainParams
 
 # Every top-level key of each file and what parses it. A new section needs an entry here.
 MAIN = {"data": DataParams, "gen": GenParams, "encoder": EncoderParams, "align": AlignParams,
-        "caption": CaptionParams, "eval_caption": EvalCaptionParams}
+        "caption": CaptionParams, "eval_caption": EvalCaptionParams,
+        "eval_vqa": EvalVqaParams, "tune_text": TuneTextParams, "eval_retrieval": EvalRetrievalParams,
+        "eval_zeroshot": EvalZeroshotParams, "eval_long_retrieval": EvalLongRetrievalParams}
 PRETRAIN = {"clip": ClipParams, "generator": TrainParams, "sd2": GeneratorConfig, "flux": GeneratorConfig,
             "fidelity": FidelityParams}
 SPECIAL = {"seed", "paths", "variants"}  # parsed by get_seed, get_paths, VariantParams per entry

@@ -34,6 +34,8 @@ def test_variants_train_on_what_they_say(captioned_workspace):
     assert (info["gmail"]["train_images"], info["gmail"]["train_encoder"]) == ("generated", "f_g")
     assert info["real"]["train_images"] == "real" and info["noise"]["train_images"] == "noise"
     assert info["gmail_heldout"]["train_size"] == 2 and info["gmail"]["train_size"] == 6
+    assert (info["synthetic_heldout"]["train_encoder"], info["synthetic_heldout"]["heldout_only"]) == ("f_r", True)
+    assert all(i["schedule"] == "equal_steps" and i["steps"] == 4 and i["val_size"] == 0 for i in info.values())
     assert all(i["test_reading"] == "f_r" and i["test_embeddings"].endswith("real/T.f_r.npy") for i in info.values())
 
 
@@ -49,6 +51,26 @@ def test_seeds_differ_and_reruns_are_identical(captioned_workspace, monkeypatch)
     assert (ws / "again/models/gmail/seed0/mapping.safetensors").read_bytes() == first
     assert (ws / "again/preds/gmail/seed0.json").read_text() == (ws / "data/predictions/caption/gmail/seed0.json").read_text()
     assert (ws / "again/plots/caption/gmail/loss-seed0.tsv").read_text() == (ws / "plots/caption/gmail/loss-seed0.tsv").read_text()
+
+
+def test_converge_stops_early_on_held_out_images_and_keeps_the_best_weights(aligned_workspace, monkeypatch):
+    ws = aligned_workspace
+    monkeypatch.chdir(ws)
+    p = write_params(ws / "conv.yaml", ws / "params.yaml",
+                     caption={"schedule": "converge", "max_steps": 40, "eval_every": 2, "patience": 2, "val_fraction": 0.34,
+                              "seeds": 1, "lr": 0.05},
+                     paths={"captioner": "conv/models", "predictions": "conv/preds", "plots": "conv/plots"})
+    caption.main(["--params", p, "--variant", "gmail"])
+    info = json.loads((ws / "conv/preds/gmail/info.json").read_text())
+    run0 = info["runs"]["seed0"]
+    assert info["schedule"] == "converge" and info["val_size"] == 2 and info["train_size"] == 4
+    val = [line.split("\t") for line in (ws / "conv/plots/caption/gmail/val-loss-seed0.tsv").read_text().splitlines()[1:]]
+    steps, losses = [int(a) for a, _ in val], [float(b) for _, b in val]
+    assert steps == list(range(2, run0["steps_run"] + 1, 2))
+    # The kept weights are those of the best check, and the run ended `patience` checks after it (or at the cap).
+    assert run0["best_val_loss"] == min(losses) and run0["best_step"] == steps[losses.index(min(losses))]
+    assert run0["steps_run"] == 40 or run0["steps_run"] == run0["best_step"] + 2 * 2
+    assert len((ws / "conv/plots/caption/gmail/loss-seed0.tsv").read_text().splitlines()) == 1 + run0["steps_run"]
 
 
 def test_test_reading_f_g_reads_real_t_through_the_lora_model(aligned_workspace, monkeypatch):
