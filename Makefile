@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: repro test test-fast lint env clean-env
+.PHONY: repro repro-llm test test-fast lint env clean-env
 
 # Pinned dependencies, then this project editable (gmail, stages, tools importable from anywhere).
-$(BIN)/.installed: requirements.txt pyproject.toml
+$(BIN)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -18,6 +19,11 @@ env: $(BIN)/.installed
 # Main job: the mini pipeline, offline, end to end.
 repro: env
 	. $(BIN)/activate && HF_HUB_OFFLINE=1 dvc repro
+
+# The LLM pipeline (llm/dvc.yaml): the LLaVA-style model on the main pipeline's outputs (runs
+# whatever of the main pipeline is not up to date first).
+repro-llm: env
+	. $(BIN)/activate && HF_HUB_OFFLINE=1 dvc repro llm/dvc.yaml
 
 # Full test suite: lint, then every test (an end-to-end `dvc repro` in a temporary git repo included).
 test: env lint

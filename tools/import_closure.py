@@ -1,6 +1,6 @@
 """Which project files each DVC stage imports, directly or not: what its `deps` must list.
 
-    python -m tools.import_closure             # every stage of dvc.yaml and pretrain/dvc.yaml, as YAML dep lists
+    python -m tools.import_closure             # every stage of dvc.yaml, pretrain/dvc.yaml and llm/dvc.yaml, as YAML dep lists
     python -m tools.import_closure stages.align
 
 A stage runs `python -m stages.<name>`; Python then executes that module, every project module
@@ -20,7 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gmail", "stages")
-PIPELINES = ("dvc.yaml", "pretrain/dvc.yaml")
+PIPELINES = ("dvc.yaml", "pretrain/dvc.yaml", "llm/dvc.yaml")
 _CMD = re.compile(r"python -m (stages\.\w+)")
 
 

@@ -15,7 +15,7 @@ def test_every_stage_lists_exactly_its_import_closure():
 
 
 def _copy_repo(tmp_path):
-    for rel in ("gmail", "stages", "dvc.yaml", "pretrain/dvc.yaml"):
+    for rel in ("gmail", "stages", "dvc.yaml", "pretrain/dvc.yaml", "llm/dvc.yaml"):
         src, dst = ROOT / rel, tmp_path / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)

@@ -12,6 +12,7 @@ from helpers import MAIN_PARAMS, PRETRAIN_PARAMS, params_dict
 from gmail.align.params import AlignParams
 from gmail.core.config import get_paths, get_seed, load_params, section
 from gmail.core.errors import PipelineError
+from gmail.downstream.llava import LlmParams
 from gmail.downstream.text_tuning import TuneTextParams
 from gmail.downstream.variants import VariantParams
 from gmail.generation.mini_diffusion import GeneratorConfig
@@ -32,7 +33,8 @@ from stages.pretrain_generator import TrainParams
 MAIN = {"data": DataParams, "gen": GenParams, "encoder": EncoderParams, "align": AlignParams,
         "caption": CaptionParams, "eval_caption": EvalCaptionParams,
         "eval_vqa": EvalVqaParams, "tune_text": TuneTextParams, "eval_retrieval": EvalRetrievalParams,
-        "eval_zeroshot": EvalZeroshotParams, "eval_long_retrieval": EvalLongRetrievalParams}
+        "eval_zeroshot": EvalZeroshotParams, "eval_long_retrieval": EvalLongRetrievalParams,
+        "llm": LlmParams}
 PRETRAIN = {"clip": ClipParams, "generator": TrainParams, "sd2": GeneratorConfig, "flux": GeneratorConfig,
             "fidelity": FidelityParams}
 SPECIAL = {"seed", "paths", "variants"}  # parsed by get_seed, get_paths, VariantParams per entry
@@ -80,6 +82,13 @@ def test_sections_have_no_defaults_for_keys_the_file_sets(path, parsers):
         from gmail.downstream.clipcap import ClipCapConfig
 
         assert set(params["caption"]["model"]) == _required(ClipCapConfig)
+    if "llm" in parsers:  # llm.model and each llm.variants entry: the same rule
+        from gmail.downstream.llava import LlavaConfig, LlmVariant
+
+        assert set(params["llm"]["model"]) == _required(LlavaConfig)
+        for name, raw in params["llm"]["variants"].items():
+            assert set(raw) == _required(LlmVariant), name
+            _check_section(raw, LlmVariant, f"llm.variants.{name}")
 
 
 def test_generator_sections_set_exactly_their_familys_keys():
