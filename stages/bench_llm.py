@@ -21,8 +21,8 @@ from gmail.core.io import atomic_dir, write_json
 from gmail.data.mc_benchmarks import load_benchmark_images, read_mmmu, read_scienceqa
 from gmail.downstream import llava
 from gmail.downstream.llava import LlmParams
-from gmail.eval.caption_metrics import summarise_seeds
 from gmail.eval.multiple_choice import mmmu_prompt, scienceqa_prompt, score_mmmu, score_scienceqa
+from gmail.eval.seeds import summarise_seeds
 from gmail.models.image_tower import EncoderParams, encode_images, load_tower_from_params
 from gmail.models.llm import load_llm
 

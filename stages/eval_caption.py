@@ -20,7 +20,8 @@ from gmail.data.coco_format import read_results
 from gmail.data.records import read_split
 from gmail.downstream.variants import VariantParams
 from gmail.eval.caption_attributes import attribute_accuracy
-from gmail.eval.caption_metrics import METRICS, score_caption_sets, summarise_seeds
+from gmail.eval.caption_metrics import METRICS, score_caption_sets
+from gmail.eval.seeds import summarise_seeds
 
 
 @dataclass

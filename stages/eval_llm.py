@@ -20,8 +20,9 @@ from gmail.data.coco_format import read_results
 from gmail.data.records import read_split
 from gmail.downstream.llava import LlmParams
 from gmail.eval.caption_attributes import attribute_accuracy
-from gmail.eval.caption_metrics import METRICS, score_caption_sets, summarise_seeds
+from gmail.eval.caption_metrics import METRICS, score_caption_sets
 from gmail.eval.multiple_choice import short_answer_accuracy
+from gmail.eval.seeds import summarise_seeds
 from gmail.eval.vqa import KEYS as VQA_KEYS
 
 

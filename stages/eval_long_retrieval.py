@@ -16,35 +16,27 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
-from gmail.core.errors import PipelineError
 from gmail.core.io import write_json
 from gmail.data.long_captions import long_caption_records
 from gmail.data.paper_long_captions import LONG_READERS, read_long_source
 from gmail.data.records import load_split_images
 from gmail.downstream.text_tuning import TuneTextParams, check_rows, encode_tokens, evaluate_rows, load_text_tower, row_tower_dirs
-from gmail.eval.retrieval import POSITIVES, embed_record_images, positive_pairs, real_test_set, retrieval_recalls, retrieval_texts
+from gmail.eval.retrieval import RetrievalParams, embed_record_images, positive_pairs, real_test_set, retrieval_recalls, retrieval_texts
 from gmail.models.image_tower import EncoderParams, load_tower_from_params
 
 SOURCES = ("T", *LONG_READERS)
 
 
 @dataclass
-class EvalLongRetrievalParams:
-    source: str         # T (mini: long descriptions of real T) | urban1k | sharegpt4v (paper)
-    paper: dict         # urban1k: {root}; sharegpt4v: {json_path, image_root, limit}
-    positives: str      # text | index
-    batch_size: int     # queries per recall_at_k call
+class EvalLongRetrievalParams(RetrievalParams):
+    """source: T (mini: long descriptions of real T) | urban1k | sharegpt4v (paper); paper:
+    urban1k {root}, sharegpt4v {json_path, image_root, limit}."""
 
-    def validate(self, name):
-        if self.source not in SOURCES:
-            raise PipelineError(f"{name}.source={self.source!r} is not one of {', '.join(SOURCES)}: fix params.yaml")
-        if self.positives not in POSITIVES:
-            raise PipelineError(f"{name}.positives={self.positives!r} is not one of {', '.join(POSITIVES)}: fix params.yaml")
-        if self.batch_size < 1:
-            raise PipelineError(f"{name}.batch_size must be positive: fix params.yaml")
+    SOURCES: ClassVar[tuple[str, ...]] = SOURCES
 
 
 def main(argv=None):

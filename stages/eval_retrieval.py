@@ -14,33 +14,25 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
-from gmail.core.errors import PipelineError
 from gmail.core.io import write_json
 from gmail.data.readers import read_source
 from gmail.downstream.text_tuning import TuneTextParams, check_rows, encode_tokens, evaluate_rows, load_text_tower, row_tower_dirs
-from gmail.eval.retrieval import POSITIVES, RECALL_KS, embed_record_images, positive_pairs, real_test_set, retrieval_recalls, retrieval_texts
+from gmail.eval.retrieval import RECALL_KS, RetrievalParams, embed_record_images, positive_pairs, real_test_set, retrieval_recalls, retrieval_texts
 from gmail.models.image_tower import EncoderParams, load_tower_from_params
 
 SOURCES = ("T", "karpathy")
 
 
 @dataclass
-class EvalRetrievalParams:
-    source: str         # T (real T, stage embed's f_r embeddings) | karpathy (a Karpathy split file, embedded here)
-    paper: dict         # karpathy: read_karpathy arguments {json_path, image_root, split}
-    positives: str      # text | index
-    batch_size: int     # queries per recall_at_k call
+class EvalRetrievalParams(RetrievalParams):
+    """source: T | karpathy (a Karpathy split file, embedded here); paper: read_karpathy
+    arguments {json_path, image_root, split}."""
 
-    def validate(self, name):
-        if self.source not in SOURCES:
-            raise PipelineError(f"{name}.source={self.source!r} is not one of {', '.join(SOURCES)}: fix params.yaml")
-        if self.positives not in POSITIVES:
-            raise PipelineError(f"{name}.positives={self.positives!r} is not one of {', '.join(POSITIVES)}: fix params.yaml")
-        if self.batch_size < 1:
-            raise PipelineError(f"{name}.batch_size must be positive: fix params.yaml")
+    SOURCES: ClassVar[tuple[str, ...]] = SOURCES
 
 
 def main(argv=None):

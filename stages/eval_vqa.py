@@ -28,7 +28,8 @@ from gmail.data.easy_vqa_questions import ANSWERS, load_split_questions
 from gmail.data.records import read_split
 from gmail.downstream.variants import READINGS, VariantParams, real_test_embeddings, training_set
 from gmail.downstream.vqa import build_vqa_classifier, predict_answers, train_vqa, vqa_set
-from gmail.eval.vqa import majority_answer, summarise_seeds, vqa_accuracy
+from gmail.eval.seeds import summarise_seeds
+from gmail.eval.vqa import KEYS, majority_answer, vqa_accuracy
 from gmail.models.text import encode_texts
 
 
@@ -104,7 +105,7 @@ def main(argv=None):
             predicted = [ANSWERS[i] for i in predict_answers(model, test_set, device=device).tolist()]
             per_seed[f"seed{s}"] = {**vqa_accuracy(predicted, t_answers, t_types),
                                     "final_loss": float(sum(losses[-50:]) / len(losses[-50:]))}
-        rows[name] = {**summarise_seeds(list(per_seed.values())), "seeds": p.seeds, "train_images": len(kept),
+        rows[name] = {**summarise_seeds(list(per_seed.values()), KEYS), "seeds": p.seeds, "train_images": len(kept),
                       "train_questions": len(fit), "test_reading": reading}
         details[name] = {"per_seed": per_seed, "test_embeddings": t_file}
         print(f"{name:>17}: " + "  ".join(f"{k} {rows[name][k]['mean']:.1f}±{rows[name][k]['std']:.1f}"
@@ -112,7 +113,7 @@ def main(argv=None):
 
     # 3. Majority answer of B's questions; it has no seed, so its std is 0.
     majority = majority_answer([q["answer"] for q in q_train])
-    rows["majority"] = {**summarise_seeds([vqa_accuracy([majority] * len(q_test), t_answers, t_types)]),
+    rows["majority"] = {**summarise_seeds([vqa_accuracy([majority] * len(q_test), t_answers, t_types)], KEYS),
                         "answer": majority}
     seconds = time.perf_counter() - start
 

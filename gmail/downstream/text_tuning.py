@@ -26,12 +26,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from gmail.core.errors import PipelineError
+from gmail.eval.seeds import summarise_seeds
 from gmail.models.mini_clip import clip_loss
 
 ROW_CLIP = "clip"  # the untuned text tower: always reported, never trained
@@ -299,12 +299,6 @@ def row_tower_dirs(root: str | Path, rows: list[str], seeds: list[int]) -> dict[
     return out
 
 
-def summarise_over_seeds(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """{metric: {"mean", "std"}} over per-seed metric dicts (population std, as eval_caption)."""
-    return {m: {"mean": float(np.mean([s[m] for s in per_seed])), "std": float(np.std([s[m] for s in per_seed]))}
-            for m in per_seed[0]}
-
-
 def evaluate_rows(base: nn.Module, tower_dirs: dict[str, list[Path | None]], score, device: str = "cpu") -> dict:
     """{row: {metric: {"mean", "std"}}}: `score(tower)` -> {metric: value} for every seed's tower
     of every row (loaded one at a time: paper-scale text towers are large), summarised over seeds."""
@@ -314,5 +308,5 @@ def evaluate_rows(base: nn.Module, tower_dirs: dict[str, list[Path | None]], sco
         for d in dirs:
             tower = base if d is None else load_tuned_tower(base, d, device)
             per_seed.append(score(tower))
-        out[row] = summarise_over_seeds(per_seed)
+        out[row] = summarise_seeds(per_seed)
     return out

@@ -146,16 +146,6 @@ def score_caption_sets(predictions: dict[str, dict[str, str]], references: dict[
     return results
 
 
-def summarise_seeds(scores: list[dict], keys=METRICS) -> dict:
-    """{metric: {"mean", "std"}} over per-seed score dicts (population std) for each of `keys`;
-    a metric that is None in any seed (skipped, e.g. SPICE offline) stays None."""
-    out = {}
-    for m in keys:
-        values = [s[m] for s in scores]
-        out[m] = None if any(v is None for v in values) else {"mean": float(np.mean(values)), "std": float(np.std(values))}
-    return out
-
-
 def _check_inputs(predictions, references) -> None:
     if not references:
         raise PipelineError("no references to score against: pass {image_id: [reference captions]}")

@@ -16,6 +16,9 @@ positives, so the order `topk` breaks their ties in cannot change a score.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +26,26 @@ from gmail.core.errors import PipelineError
 
 POSITIVES = ("text", "index")
 RECALL_KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalParams:
+    """The params section of a retrieval stage (eval_retrieval, eval_long_retrieval); each
+    subclass names the `source` values its stage reads in SOURCES."""
+
+    SOURCES: ClassVar[tuple[str, ...]] = ()
+    source: str         # T (mini: real T, stage embed's f_r embeddings) | a paper data set named in SOURCES
+    paper: dict         # the paper source's reader arguments
+    positives: str      # text | index
+    batch_size: int     # queries per recall_at_k call
+
+    def validate(self, name):
+        if self.source not in self.SOURCES:
+            raise PipelineError(f"{name}.source={self.source!r} is not one of {', '.join(self.SOURCES)}: fix params.yaml")
+        if self.positives not in POSITIVES:
+            raise PipelineError(f"{name}.positives={self.positives!r} is not one of {', '.join(POSITIVES)}: fix params.yaml")
+        if self.batch_size < 1:
+            raise PipelineError(f"{name}.batch_size must be positive: fix params.yaml")
 
 
 def retrieval_texts(records: list[dict]) -> tuple[list[str], list[int]]:

@@ -34,13 +34,3 @@ def majority_answer(answers: list[str]) -> str:
         raise PipelineError("no training answers to take the majority of: the training split has no questions")
     counts = Counter(answers)
     return min(counts, key=lambda a: (-counts[a], a))
-
-
-def summarise_seeds(scores: list[dict], keys=KEYS) -> dict:
-    """{key: {"mean", "std"}} over per-seed score dicts (population std); a key that is None
-    in any seed (a question type absent from the test questions) stays None."""
-    out = {}
-    for k in keys:
-        values = [s[k] for s in scores]
-        out[k] = None if any(v is None for v in values) else {"mean": float(np.mean(values)), "std": float(np.std(values))}
-    return out

@@ -202,8 +202,3 @@ def test_evaluate_rows_scores_clip_once_and_every_seed_of_a_tuned_row(tmp_path):
     assert out["clip"] == {"m": {"mean": pytest.approx(float(base.encode_text(x)[0, 0].detach())), "std": 0.0}}
     assert out["gmail"]["m"]["mean"] == pytest.approx(sum(expected) / 2)
     assert out["gmail"]["m"]["std"] == pytest.approx(abs(expected[0] - expected[1]) / 2)  # population std
-
-
-def test_summarise_over_seeds_is_mean_and_population_std():
-    out = tt.summarise_over_seeds([{"a": 1.0, "b": 0.0}, {"a": 3.0, "b": 0.0}])
-    assert out == {"a": {"mean": 2.0, "std": 1.0}, "b": {"mean": 0.0, "std": 0.0}}

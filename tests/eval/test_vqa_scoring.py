@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from gmail.core.errors import PipelineError
-from gmail.eval.vqa import majority_answer, summarise_seeds, vqa_accuracy
+from gmail.eval.vqa import majority_answer, vqa_accuracy
 
 
 def test_accuracy_is_percent_overall_and_per_type():
@@ -34,11 +33,3 @@ def test_majority_answer_is_the_most_frequent_with_stable_ties():
     assert majority_answer(["yes", "no", "no", "yes"]) == "no"  # tie: alphabetical
     with pytest.raises(PipelineError):
         majority_answer([])
-
-
-def test_summary_is_mean_and_population_std_and_keeps_none():
-    scores = [{"overall": 90.0, "colour": None, "shape": 80.0, "yes_no": 70.0},
-              {"overall": 94.0, "colour": 60.0, "shape": 80.0, "yes_no": 74.0}]
-    out = summarise_seeds(scores)
-    assert out["overall"] == {"mean": 92.0, "std": pytest.approx(np.std([90.0, 94.0]))} and out["overall"]["std"] == 2.0
-    assert out["shape"] == {"mean": 80.0, "std": 0.0} and out["colour"] is None

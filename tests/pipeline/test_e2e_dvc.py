@@ -88,7 +88,7 @@ def test_editing_metrics_code_marks_only_eval_caption_stale(tiny_repo):
     path = work / "gmail/eval/caption_metrics.py"
     original = path.read_text()
     try:
-        path.write_text(original.replace("def summarise_seeds(", "def summarise_seeds(  # edited\n", 1))
+        path.write_text(original.replace("def score_caption_sets(", "def score_caption_sets(  # edited\n", 1))
         status = _run(["dvc", "status", "dvc.yaml", "--json"], work, env)
         assert set(json.loads(status)) == {"eval_caption"}, status
     finally:
