@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: repro repro-llm test test-fast lint env clean-env
+.PHONY: repro repro-llm paper-params test test-fast lint env clean-env
 
 # Pinned dependencies, then this project editable (gmail, stages, tools importable from anywhere).
 $(BIN)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -24,6 +24,11 @@ repro: env
 # whatever of the main pipeline is not up to date first).
 repro-llm: env
 	. $(BIN)/activate && HF_HUB_OFFLINE=1 dvc repro llm/dvc.yaml
+
+# Switch params.yaml to paper scale (params.paper.yaml merged in; README "Paper scale").
+# Back with `python -m tools.scale mini`.
+paper-params: env
+	. $(BIN)/activate && python -m tools.scale paper
 
 # Full test suite: lint, then every test (an end-to-end `dvc repro` in a temporary git repo included).
 test: env lint

@@ -1,9 +1,10 @@
 """Stage `align@<source>`: GMAIL alignment of a LoRA copy f_g of f_r's image tower (Eq. 1).
 
-Pairs are (B image from `source`, real B image with the same caption); `source` is
-`generated` (the method) or `noise` (a control: uniform-noise images in place of generated
-ones). The last `align.heldout` pairs are held out of alignment, so cosine before/after on
-them tells alignment apart from a per-pair lookup. Writes f_g, the embeddings of the source
+Pairs are (image from `source`, the real B image whose caption it was made from); `source`
+is `generated` (the method: `gen.per_real` images per real one, streamed from stage
+generate's shards) or `noise` (a control: one uniform-noise image per real one). Pairs of the
+last `align.heldout` real images are held out of alignment, so cosine before/after on them
+tells alignment apart from a per-pair lookup. Writes f_g, the embeddings of the source
 images through f_r and f_g and of the real T images through f_g, metrics, the loss curve and
 a t-SNE plot.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
+from accelerate import PartialState
 
 from gmail.align.lora import save_f_g
 from gmail.align.loss import paired_cosine
@@ -22,10 +25,12 @@ from gmail.align.train import Alignment, train_alignment
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
-from gmail.core.io import atomic_dir, write_json
-from gmail.data.records import check_pairs, load_split_images, read_split
-from gmail.models.embeddings import read_embeddings, write_embeddings
+from gmail.core.io import atomic_dir, read_jsonl, write_json
+from gmail.data.records import read_split
+from gmail.data.shards import batched, list_shards, read_shards
+from gmail.models.embeddings import Rows, read_embeddings, set_folder, write_embeddings
 from gmail.models.image_tower import EncoderParams, load_tower_from_params
+from gmail.models.streaming import record_batches
 from gmail.viz.curves import write_loss_curve
 from gmail.viz.tsne import tsne_plot
 
@@ -46,47 +51,97 @@ def main(argv=None):
     p = section(params.get("align"), AlignParams, "align")
     paths = get_paths(params, "captions", "generated", "embeddings", "align", "metrics", "plots")
     device = pick_device(enc.device)
+    # One process per GPU under `accelerate launch` (params `launcher`); a plain run is a world of one.
+    state = PartialState(cpu=device == "cpu")
+    if state.device.type == "cuda":
+        device = str(state.device)
 
-    # 1. Pairs: real B (f_r embeddings from stage embed) and the source images in the same order.
+    # 1. Pairs: real B (f_r embeddings from stage embed) and the source images: noise, one per
+    # real image, or the generated images streamed from their shards, several per real image.
     real, test = read_split(paths.captions / "B.jsonl"), read_split(paths.captions / "T.jsonl")
     if p.heldout >= len(real):
         raise PipelineError(f"align.heldout={p.heldout} leaves no pairs to align out of {len(real)}: lower it")
     ids, t_ids = [r["image_id"] for r in real], [r["image_id"] for r in test]
     z_real = read_embeddings(paths.embeddings / "real", "B.f_r", ids)
     tower = load_tower_from_params(enc, device)
-    if args.source == "noise":
-        images = noise_images(len(real), p.noise_size, seed)
-    else:
-        images = load_split_images(check_pairs(real, read_split(paths.generated / "generated.jsonl")), tower.load_size)
-    n_align = len(real) - p.heldout
-
-    # 2. Alignment on the first n_align pairs only; f_r and f_g views of every source image and f_g's of real T.
     aligned = Alignment(tower, p.rank, p.layers)
-    inputs = aligned.inputs(images, enc.batch_size, device)
+    if args.source == "noise":
+        noise = noise_images(len(real), p.noise_size, seed)
+        inputs = aligned.inputs_from(noise[i:i + enc.batch_size] for i in range(0, len(noise), enc.batch_size))
+        rows = Rows(ids, list(range(len(real))), [r["captions"] for r in real])
+    else:
+        inputs, rows = generated_inputs(aligned, paths.generated, real, enc.batch_size, device)
+    src = torch.tensor(rows.sources)
+    n_align = len(real) - p.heldout
+    train_rows = torch.nonzero(src < n_align).squeeze(1)
+
+    # 2. Alignment on the rows of the first n_align real images only (DDP when launched on several
+    # processes); f_r and f_g views of every source image and f_g's of real T.
     z_before = aligned.embed_f_r(inputs, enc.batch_size, device)
-    losses = train_alignment(aligned.f_g, inputs[:n_align], z_real[:n_align], p.steps, p.batch_size, p.lr, p.weight_decay,
-                             p.tau, p.restart_steps, seed=seed, device=device, forward=aligned.forward) if p.steps else []
+    forward = state_forward(aligned, state)
+    losses = train_alignment(aligned.f_g, inputs[train_rows], z_real[src[train_rows]], p.steps, p.batch_size, p.lr,
+                             p.weight_decay, p.tau, p.restart_steps, seed=seed, device=device, forward=forward,
+                             groups=src[train_rows], rank=state.process_index, world=state.num_processes) if p.steps else []
+    if not state.is_main_process:
+        return
     z_after = aligned.embed_f_g(inputs, enc.batch_size, device)
-    z_t = aligned.embed_f_g(aligned.inputs(load_split_images(test, tower.load_size), enc.batch_size, device),
-                            enc.batch_size, device)
+    z_t = aligned.embed_f_g(aligned.inputs_from(record_batches(test, enc.batch_size, tower.load_size)), enc.batch_size, device)
 
     # 3. Outputs: f_g, embeddings, metrics, loss curve, t-SNE.
-    metrics = {"source": args.source, "rank": str(p.rank), "layers": p.layers, "steps": p.steps, "pairs_aligned": n_align,
-               "pairs_heldout": p.heldout, "cos_before": {}, "cos_after": {},
+    metrics = {"source": args.source, "rank": str(p.rank), "layers": p.layers, "steps": p.steps,
+               "pairs_aligned": len(train_rows), "pairs_heldout": len(src) - len(train_rows),
+               "real_aligned": n_align, "real_heldout": p.heldout, "cos_before": {}, "cos_after": {},
                "final_loss": float(np.mean(losses[-20:])) if losses else None}
-    for name, part in {"aligned": slice(0, n_align), "heldout": slice(n_align, len(real))}.items():
-        if part.stop > part.start:
-            metrics["cos_before"][name] = paired_cosine(z_before[part], z_real[part])
-            metrics["cos_after"][name] = paired_cosine(z_after[part], z_real[part])
+    z_pair = z_real[src]
+    for name, part in {"aligned": src < n_align, "heldout": src >= n_align}.items():
+        if part.any():
+            metrics["cos_before"][name] = paired_cosine(z_before[part], z_pair[part])
+            metrics["cos_after"][name] = paired_cosine(z_after[part], z_pair[part])
     with atomic_dir(paths.align / args.source) as tmp:
         save_f_g(aligned.f_g, tmp)
-    with atomic_dir(paths.embeddings / args.source) as tmp:
-        write_embeddings(tmp, {"B.f_r": z_before, "B.f_g": z_after, "T.f_g": z_t}, {"B": ids, "T": t_ids})
+    arrays = {"B.f_g": z_after, "T.f_g": z_t}
+    index = {"B": rows.ids, "T": t_ids}
+    if args.source == "noise":
+        arrays["B.f_r"] = z_before  # generated images' f_r comes from stage embed (generated/f_r/)
+    else:
+        index.update(B_source=[ids[i] for i in rows.sources], B_caption=[c[0] for c in rows.captions])
+    with atomic_dir(paths.embeddings / set_folder(args.source, "f_g")) as tmp:
+        write_embeddings(tmp, arrays, index)
     write_json(paths.metrics / "align" / f"{args.source}.json", metrics)
     write_loss_curve(paths.plots / "align" / f"loss-{args.source}.tsv", losses)
-    tsne_plot(z_real.numpy(), z_before.numpy(), z_after.numpy(), paths.plots / "align" / f"tsne-{args.source}.png", seed)
+    tsne_plot(z_pair.numpy(), z_before.numpy(), z_after.numpy(), paths.plots / "align" / f"tsne-{args.source}.png", seed)
     print(f"{args.source}: paired cosine before -> after: " + ", ".join(
         f"{k} {metrics['cos_before'][k]:.3f} -> {metrics['cos_after'][k]:.3f}" for k in metrics["cos_before"]))
+
+
+def generated_inputs(aligned: Alignment, generated_dir, real: list[dict], batch_size: int, device: str):
+    """(inputs, rows) of the generated images, streamed from stage generate's shards in manifest order."""
+    manifest = read_jsonl(generated_dir / "manifest.jsonl")
+    pos = {r["image_id"]: i for i, r in enumerate(real)}
+    stray = next((m["source_id"] for m in manifest if m["source_id"] not in pos), None)
+    if stray is not None:
+        raise PipelineError(f"{generated_dir} holds images generated for {stray!r}, which is not in B: rerun `dvc repro generate`")
+    metas = []
+
+    def batches():
+        for batch_metas, images in batched(read_shards(list_shards(generated_dir / "shards"), aligned.tower.load_size),
+                                           batch_size):
+            metas.extend(batch_metas)
+            yield images
+
+    inputs = aligned.inputs_from(batches(), batch_size, device)
+    if [m["id"] for m in metas] != [m["id"] for m in manifest]:
+        raise PipelineError(f"the shards in {generated_dir} do not hold the manifest's images in order: rerun `dvc repro generate`")
+    return inputs, Rows([m["id"] for m in metas], [pos[m["source_id"]] for m in metas], [[m["caption"]] for m in metas])
+
+
+def state_forward(aligned: Alignment, state):
+    """The trainable forward pass, wrapped in DistributedDataParallel when several processes run."""
+    if state.num_processes == 1:
+        return aligned.forward
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=state.device.type == "cpu").prepare_model(aligned.forward_module)
 
 
 if __name__ == "__main__":

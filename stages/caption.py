@@ -71,7 +71,8 @@ def main(argv=None):
     device = pick_device(p.device)
 
     # 1. Training embeddings and captions; real T through the chosen reading.
-    z_train, caps = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
+    train = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
+    z_train, caps = train.embeddings, train.captions
     test = read_split(paths.captions / "T.jsonl")
     t_ids = [r["image_id"] for r in test]
     z_test, reading, t_file = real_test_embeddings(test, paths.embeddings, v, p.test_reading)

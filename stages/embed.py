@@ -1,20 +1,27 @@
-"""Stage `embed`: the frozen encoder f_r's embeddings of the real images, computed once.
+"""Stage `embed`: the frozen encoder f_r's embeddings of the real and the generated images.
 
 Writes `<embeddings>/real/B.f_r.npy` (real B: alignment targets and the `real` captioner's
-training set) and `<embeddings>/real/T.f_r.npy` (real T: what every captioner is tested on),
-plus `ids.json`.
+training set), `<embeddings>/real/T.f_r.npy` (real T: what every captioner is tested on) and
+`<embeddings>/generated/f_r/B.f_r/shard-<k>.npy` (generated images, one file per shard of
+stage generate: the `synthetic` variants' training set), each folder with its `ids.json`.
+Images stream through in batches, so memory holds one batch of pixels, not the data set.
 """
 
 from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
-from gmail.core.io import atomic_dir
-from gmail.data.records import load_split_images, read_split
+from gmail.core.errors import PipelineError
+from gmail.core.io import atomic_dir, read_jsonl, write_json
+from gmail.data.records import read_split
+from gmail.data.shards import list_shards
 from gmail.models.embeddings import write_embeddings
-from gmail.models.image_tower import EncoderParams, head_embeddings, images_to_tensor, load_tower_from_params, trunk_features
+from gmail.models.image_tower import EncoderParams, load_tower_from_params
+from gmail.models.streaming import embed_records, embed_shard
 
 
 def main(argv=None):
@@ -23,19 +30,40 @@ def main(argv=None):
     params = load_params(args.params)
     set_seed(get_seed(params))
     enc = section(params.get("encoder"), EncoderParams, "encoder")
-    paths = get_paths(params, "captions", "embeddings")
+    paths = get_paths(params, "captions", "generated", "embeddings")
     device = pick_device(enc.device)
-
     tower = load_tower_from_params(enc, device)
-    arrays, ids = {}, {}
+
+    # 1. Real B and T, read in batches.
+    arrays, ids, records = {}, {}, {}
     for split in ("B", "T"):
-        records = read_split(paths.captions / f"{split}.jsonl")
-        feats = trunk_features(tower, images_to_tensor(load_split_images(records, tower.load_size)), enc.batch_size, device)
-        arrays[f"{split}.f_r"] = head_embeddings(tower.head, feats, enc.batch_size, device)
-        ids[split] = [r["image_id"] for r in records]
+        records[split] = read_split(paths.captions / f"{split}.jsonl")
+        arrays[f"{split}.f_r"] = embed_records(tower, records[split], enc.batch_size, device, desc=f"embed real {split}")
+        ids[split] = [r["image_id"] for r in records[split]]
+
+    # 2. Generated images, shard by shard, each shard's embeddings written as soon as they exist.
+    manifest = read_jsonl(paths.generated / "manifest.jsonl")
+    real_b = set(ids["B"])
+    stray = next((m["source_id"] for m in manifest if m["source_id"] not in real_b), None)
+    if stray is not None:
+        raise PipelineError(f"{paths.generated} holds images generated for {stray!r}, which is not in B: rerun `dvc repro generate`")
+    shards = list_shards(paths.generated / "shards")
+    with atomic_dir(paths.embeddings / "generated/f_r") as tmp:
+        (tmp / "B.f_r").mkdir()
+        rows = []
+        for shard in shards:
+            z, metas = embed_shard(tower, shard, enc.batch_size, device)
+            np.save(tmp / "B.f_r" / f"{shard.stem}.npy", z.numpy().astype(np.float32))
+            rows.extend(metas)
+        if [m["id"] for m in rows] != [m["id"] for m in manifest]:
+            raise PipelineError(f"the shards in {paths.generated} do not hold the manifest's images in order: "
+                                "rerun `dvc repro generate`")
+        write_json(tmp / "ids.json", {"B": [m["id"] for m in rows], "B_source": [m["source_id"] for m in rows],
+                                      "B_caption": [m["caption"] for m in rows]})
     with atomic_dir(paths.embeddings / "real") as tmp:
         write_embeddings(tmp, arrays, ids)
-    print(f"f_r embeddings: B {tuple(arrays['B.f_r'].shape)}, T {tuple(arrays['T.f_r'].shape)} -> {paths.embeddings / 'real'}")
+    print(f"f_r embeddings: B {tuple(arrays['B.f_r'].shape)}, T {tuple(arrays['T.f_r'].shape)} -> {paths.embeddings / 'real'}; "
+          f"{len(rows)} generated images in {len(shards)} shards -> {paths.embeddings / 'generated/f_r'}")
 
 
 if __name__ == "__main__":

@@ -82,30 +82,34 @@ def main(argv=None):
     texts = sorted({q["question"] for q in q_train + q_test})
     q_emb = dict(zip(texts, torch.from_numpy(encode_texts(texts, device))))
     t_ids = [r["image_id"] for r in test]
+    q_of = {r["image_id"]: [] for r in train}
+    for q in q_train:
+        q_of[q["image_id"]].append(q)
     inputs = {}
     for name, v in variants.items():
-        z, _ = training_set(train, paths.embeddings, v, heldout)
-        kept = [r["image_id"] for r in train][len(train) - len(z):]  # heldout_only keeps the last B images
+        ts = training_set(train, paths.embeddings, v, heldout)
+        # A row's questions are those of the real image it stands for (several generated rows per image).
+        fit = [{**q, "image_id": row_id} for row_id, src in zip(ts.ids, ts.sources) for q in q_of[train[src]["image_id"]]]
         z_test, reading, t_file = real_test_embeddings(test, paths.embeddings, v, p.test_reading)
-        inputs[name] = (kept, z, vqa_set(q_test, t_ids, z_test, q_emb, ANSWERS), reading, t_file)
-    inputs["question_only"] = ([r["image_id"] for r in train], None, vqa_set(q_test, t_ids, None, q_emb, ANSWERS), None, None)
+        inputs[name] = (vqa_set(fit, ts.ids, ts.embeddings, q_emb, ANSWERS), len(ts.ids),
+                        vqa_set(q_test, t_ids, z_test, q_emb, ANSWERS), reading, t_file)
+    inputs["question_only"] = (vqa_set(q_train, [r["image_id"] for r in train], None, q_emb, ANSWERS), len(train),
+                               vqa_set(q_test, t_ids, None, q_emb, ANSWERS), None, None)
     t_answers, t_types = [q["answer"] for q in q_test], [q["type"] for q in q_test]
 
     # 2. Per variant and seed: a classifier trained for a fixed step budget on the questions
     # about the variant's B images, then scored on T's questions.
     rows, details = {}, {}
-    for name, (kept, z, test_set, reading, t_file) in inputs.items():
-        kept_set = set(kept)
-        fit = vqa_set([q for q in q_train if q["image_id"] in kept_set], kept, z, q_emb, ANSWERS)
+    for name, (fit, n_images, test_set, reading, t_file) in inputs.items():
         per_seed = {}
         for s in range(seed, seed + p.seeds):
-            model = build_vqa_classifier(0 if z is None else z.shape[1], fit.questions.shape[1], len(ANSWERS),
+            model = build_vqa_classifier(0 if fit.images is None else fit.images.shape[1], fit.questions.shape[1], len(ANSWERS),
                                          p.hidden, p.layers, seed=s)
             losses = train_vqa(model, fit, p.steps, p.batch_size, p.lr, p.weight_decay, seed=s, device=device)
             predicted = [ANSWERS[i] for i in predict_answers(model, test_set, device=device).tolist()]
             per_seed[f"seed{s}"] = {**vqa_accuracy(predicted, t_answers, t_types),
                                     "final_loss": float(sum(losses[-50:]) / len(losses[-50:]))}
-        rows[name] = {**summarise_seeds(list(per_seed.values()), KEYS), "seeds": p.seeds, "train_images": len(kept),
+        rows[name] = {**summarise_seeds(list(per_seed.values()), KEYS), "seeds": p.seeds, "train_images": n_images,
                       "train_questions": len(fit), "test_reading": reading}
         details[name] = {"per_seed": per_seed, "test_embeddings": t_file}
         print(f"{name:>17}: " + "  ".join(f"{k} {rows[name][k]['mean']:.1f}±{rows[name][k]['std']:.1f}"

@@ -1,25 +1,27 @@
-"""Stage `generate`: one image per B image, sampled from its first reference caption.
+"""Stage `generate`: `gen.per_real` images per real B image, one per caption, as webdataset shards.
 
 Mini scale samples the committed stand-in generator (gen.scale=mini); paper scale loads
-StableDiffusionPipeline / FluxPipeline with from_pretrained (gen.scale=paper). Image i is
-seeded with seed + i, so it does not depend on batch size or on how the work is split.
+StableDiffusionPipeline / FluxPipeline with from_pretrained (gen.scale=paper). Item i of the
+manifest is seeded with seed + i, so it depends neither on batch size nor on how the work is
+split. Run it under `accelerate launch` (params `launcher`) to split the shards over processes
+or GPUs; an interrupted run resumes from its finished shards (gmail/generation/sharded.py).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
+import torch
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed, torch_dtype
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json, write_jsonl
 from gmail.data.records import read_split
+from gmail.data.shards import build_manifest, shard_name, shard_ranges
+from gmail.generation.sharded import collect_shards, generate_shards, prepare_scratch, scratch_key
 
 MODELS = ("sd2", "flux")
 SCALES = ("mini", "paper")
@@ -31,71 +33,110 @@ class GenParams:
     sd2: str
     flux: str
     scale: str
+    per_real: int
+    shard_size: int
     steps: int
     guidance: float
     resolution: int
     batch_size: int
     dtype: str
     device: str
+    channels_last: bool
+    fuse_qkv: bool
+    compile_mode: str
+    compile_vae: bool
+    prefetch: int
+    attention_backend: str
 
     def validate(self, name):
         if self.model not in MODELS:
             raise PipelineError(f"unknown {name}.model {self.model!r}: use one of {', '.join(MODELS)} (e.g. dvc exp run -S gen.model=flux)")
         if self.scale not in SCALES:
             raise PipelineError(f"unknown {name}.scale {self.scale!r}: use one of {', '.join(SCALES)}")
-        if self.steps < 1 or self.batch_size < 1 or self.resolution < 0:
-            raise PipelineError(f"{name}.steps and {name}.batch_size must be positive and {name}.resolution >= 0: fix params.yaml")
+        if min(self.steps, self.batch_size, self.per_real, self.shard_size) < 1 or self.resolution < 0:
+            raise PipelineError(f"{name}.steps, batch_size, per_real and shard_size must be positive and {name}.resolution >= 0: "
+                                "fix params.yaml")
         torch_dtype(self.dtype)
+        from gmail.generation.paper_pipelines import ATTENTION_BACKENDS, COMPILE_MODES
+
+        # "none", not "off": DVC's -S writes YAML 1.2, where a bare off stays a string; PyYAML reads it as False.
+        if self.compile_mode not in ("none", *COMPILE_MODES) or self.attention_backend not in ("auto", *ATTENTION_BACKENDS):
+            raise PipelineError(f"{name}.compile_mode must be none or one of {', '.join(COMPILE_MODES)}, and {name}.attention_backend "
+                                f"auto or one of {', '.join(ATTENTION_BACKENDS)}: fix params.yaml")
+        if self.prefetch < 0:
+            raise PipelineError(f"{name}.prefetch must be 0 (off) or a number of batches: fix params.yaml")
+
+
+def load_sampler(p: GenParams, device: str):
+    """`sampler(prompts, seeds)` for the configured generator, loaded once."""
+    if p.scale == "mini":
+        from gmail.generation.samplers import mini_sampler
+
+        return mini_sampler(getattr(p, p.model), p.steps, p.guidance, p.batch_size, device, torch_dtype(p.dtype), p.resolution)
+    from gmail.generation.paper_pipelines import paper_sampler
+
+    return paper_sampler(p.model, getattr(p, p.model), p.steps, p.guidance, p.resolution or 512, p.batch_size, p.dtype, device,
+                         channels_last=p.channels_last, fuse_qkv=p.fuse_qkv,
+                         compile_mode=None if p.compile_mode == "none" else p.compile_mode, compile_vae=p.compile_vae,
+                         prefetch=p.prefetch, attention_backend=None if p.attention_backend == "auto" else p.attention_backend)
 
 
 def main(argv=None):
+    from accelerate import PartialState
+
     args = stage_parser(__doc__).parse_args(argv)
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
+    # Deterministic mode also fills every new tensor with NaN, which costs GPU time and changes no
+    # result of a program that never reads memory it did not write (diffusers' samplers do not).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     p = section(params.get("gen"), GenParams, "gen")
-    paths = get_paths(params, "captions", "generated", "metrics", "stats")
+    paths = get_paths(params, "captions", "generated", "scratch", "metrics", "stats")
     if p.scale == "mini":
         offline()
-    device = pick_device(p.device)
+    # One process per GPU under `accelerate launch`; a plain `python -m` run is a world of one.
+    state = PartialState(cpu=pick_device(p.device) == "cpu")
+    device = str(state.device) if state.device.type == "cuda" else pick_device(p.device)
 
-    # 1. Prompts and per-image seeds; the model loads before the progress bar starts.
-    records = read_split(paths.captions / "B.jsonl")
-    prompts = [r["captions"][0] for r in records]
-    seeds = [seed + i for i in range(len(records))]
-    if p.scale == "mini":
-        from gmail.generation.mini_sampling import mini_images
-
-        images = mini_images(getattr(p, p.model), prompts, seeds, p.steps, p.guidance, p.batch_size, device, torch_dtype(p.dtype))
-    else:
-        from gmail.generation.paper_pipelines import paper_images
-
-        images = paper_images(p.model, getattr(p, p.model), prompts, seeds, p.steps, p.guidance, p.resolution or 512,
-                              p.batch_size, p.dtype, device)
-
-    # 2. Sample and write, one PNG per image plus generated.jsonl (B's ids and captions).
+    # 1. Manifest and resume state (main process), then every process generates its own shards.
+    manifest = build_manifest(read_split(paths.captions / "B.jsonl"), p.per_real, seed)
+    settings = {**{k: v for k, v in asdict(p).items() if k not in ("sd2", "flux", "device")},
+                "model_path": getattr(p, p.model), "device_type": device.split(":")[0]}
+    key = scratch_key(settings, manifest, getattr(p, p.model))
+    scratch = paths.scratch / f"generate-{key}"
+    if state.is_main_process:
+        prepare_scratch(paths.scratch, key)
+    state.wait_for_everyone()
+    sampler = load_sampler(p, device)
     start = time.time()
-    with atomic_dir(paths.generated) as tmp:
-        (tmp / "images").mkdir()
-        rows = []
-        for i, img in tqdm(images, total=len(records), desc=f"generate ({p.model})", unit="img"):
-            if p.resolution and img.shape[0] != p.resolution:
-                img = np.asarray(Image.fromarray(img).resize((p.resolution, p.resolution), Image.BICUBIC))
-            rel = f"images/{records[i]['image_id']}.png"
-            Image.fromarray(img).save(tmp / rel)
-            rows.append({"image_id": records[i]["image_id"], "path": rel, "prompt": prompts[i],
-                         "seed": seeds[i], "captions": records[i]["captions"],
-                         **({"attributes": records[i]["attributes"]} if "attributes" in records[i] else {})})
-        write_jsonl(tmp / "generated.jsonl", rows)
-        elapsed = time.time() - start
+    written = generate_shards(manifest, p.shard_size, scratch, sampler, {"model": p.model, "steps": p.steps,
+                              "guidance": p.guidance}, state.process_index, state.num_processes)
+    elapsed = time.time() - start
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return
 
-    # 3. Metrics hold results only; the timing goes to stats (it differs between identical runs).
+    # 2. Output: the shards plus manifest.jsonl (id, source_id, caption, index, seed, shard).
+    ranges = shard_ranges(len(manifest), p.shard_size)
+    shard_of = {i: shard_name(k) for k, r in enumerate(ranges) for i in r}
+    with atomic_dir(paths.generated) as tmp:
+        names = collect_shards(scratch, manifest, p.shard_size, tmp / "shards")
+        write_jsonl(tmp / "manifest.jsonl", [{**it, "shard": f"shards/{shard_of[it['index']]}"} for it in manifest])
+    import shutil
+
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    # 3. Metrics hold results only; timings go to stats (they differ between identical runs).
     write_json(paths.metrics / "generate.json", {
-        "count": len(rows), "model": p.model, "scale": p.scale, "steps": p.steps, "guidance": p.guidance,
-        "resolution": int(img.shape[0])})
+        "count": len(manifest), "per_real": p.per_real, "shards": len(names), "model": p.model, "scale": p.scale,
+        "steps": p.steps, "guidance": p.guidance, "resolution": p.resolution})
     write_json(paths.stats / "generate.json", {
-        "images_per_s": round(len(rows) / max(elapsed, 1e-9), 3), "seconds": round(elapsed, 1), "device": device})
-    print(f"generated {len(rows)} images with {p.model} in {elapsed:.0f} s -> {paths.generated}")
+        "images_per_s_main_process": round(sum(len(ranges[k]) for k in written) / max(elapsed, 1e-9), 3),
+        "seconds": round(elapsed, 1), "processes": state.num_processes, "resumed_shards": len(ranges) - len(written)
+        if state.num_processes == 1 else None, "device": device})
+    print(f"generated {len(manifest)} images ({p.per_real} per real B image) in {len(names)} shards with {p.model} "
+          f"-> {paths.generated}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from gmail.data.easy_vqa_questions import load_split_questions, question_type
 from gmail.data.records import read_split
 from gmail.downstream import llava
 from gmail.downstream.llava import ImageSet, LlmParams, projection_for
-from gmail.models.embeddings import read_embeddings
+from gmail.models.embeddings import read_embeddings, set_folder, training_rows
 from gmail.models.llm import load_llm
 from gmail.viz.curves import write_loss_curve
 
@@ -58,8 +58,11 @@ def main(argv=None):
     b_ids, t_ids = [r["image_id"] for r in train], [r["image_id"] for r in test]
     caps = [r["captions"] for r in train]
     questions = _questions_per_image(train, "B") if p.vqa else [[] for _ in train]
-    sets = [ImageSet(projection_for(v.projection, v.images),
-                     read_embeddings(paths.embeddings / v.images, f"B.{v.encoder}", b_ids), caps, questions)]
+    # Generated sets have several rows per real image, each with its own caption and its image's questions.
+    folder = paths.embeddings / set_folder(v.images, v.encoder)
+    rows = training_rows(folder, "B", train)
+    sets = [ImageSet(projection_for(v.projection, v.images), read_embeddings(folder, f"B.{v.encoder}", rows.ids),
+                     rows.captions, [questions[i] for i in rows.sources])]
     if p.reading == "algorithm1" and v.images != "real":
         sets.append(ImageSet(projection_for(v.projection, "real"),
                              read_embeddings(paths.embeddings / "real", "B.f_r", b_ids), caps, questions))

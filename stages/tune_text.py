@@ -43,7 +43,8 @@ def main(argv=None):
     device = pick_device(p.device)
 
     # 1. The row's fixed B image embeddings and their reference captions, tokenized once.
-    z_train, caps = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
+    train = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
+    z_train, caps = train.embeddings, train.captions
     base = load_text_tower(enc.scale, enc.mini, enc.name, enc.pretrained, device)
     tokens = tokenize_captions(base, caps)
 

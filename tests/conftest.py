@@ -41,7 +41,7 @@ def _in(root: Path, fn, *args):
 @pytest.fixture(scope="session")
 def downstream_workspace(tmp_path_factory):
     """A tiny workspace for the downstream stages: captions (B 6, T 3), fake "generated" images
-    (real B at 32 px with a colour shift, same ids and captions), a random-init mini CLIP, and
+    (two per real B image, as shards), a random-init mini CLIP, and
     `params.yaml` (the shipped one, shrunk, paths relative). Stages run with cwd = the workspace."""
     import numpy as np
     import torch
@@ -57,15 +57,21 @@ def downstream_workspace(tmp_path_factory):
                  caption={"seeds": 2, "schedule": "equal_steps", "steps": 4, "batch_size": 4, "device": "cpu",
                           "model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "prefix_hidden": 16}})
     _in(root, captions.main, ["--params", "params.yaml"])
+    # Two "generated" images per real B image (real at 32 px, shifted in colour by caption),
+    # written as stage generate writes them: manifest.jsonl + webdataset shards of 5.
+    from gmail.data.shards import build_manifest, shard_name, write_shard
+
+    records = read_jsonl(root / "data/captions/B.jsonl")
+    manifest = build_manifest(records, per_real=2, seed=0)
+    pixels = {r["image_id"]: np.asarray(Image.open(root / "data/captions" / r["path"]).convert("RGB").resize((32, 32)))
+              for r in records}
     gen_dir = root / "data/generated"
-    (gen_dir / "images").mkdir(parents=True)
-    rows = []
-    for rec in read_jsonl(root / "data/captions/B.jsonl"):
-        img = Image.open(root / "data/captions" / rec["path"]).convert("RGB").resize((32, 32))
-        arr = np.clip(np.asarray(img).astype(int) + 20, 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(gen_dir / f"images/{rec['image_id']}.png")
-        rows.append({"image_id": rec["image_id"], "path": f"images/{rec['image_id']}.png", "captions": rec["captions"]})
-    (gen_dir / "generated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for k in range(0, len(manifest), 5):
+        items = manifest[k:k + 5]
+        write_shard(gen_dir / "shards" / shard_name(k // 5), [
+            (it, np.clip(pixels[it["source_id"]].astype(int) + 20 * (1 + it["index"] % 2), 0, 255).astype(np.uint8))
+            for it in items])
+    (gen_dir / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     torch.manual_seed(0)
     save_mini_clip(MiniClip(MiniClipConfig(image_size=64, embed_dim=256)), root / "clip")
     return root

@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gmail", "stages")
 PIPELINES = ("dvc.yaml", "pretrain/dvc.yaml", "llm/dvc.yaml")
-_CMD = re.compile(r"python -m (stages\.\w+)")
+_CMD = re.compile(r"(?:python|\$\{launcher\}) -m (stages\.\w+)")  # ${launcher}: python or accelerate launch
 
 
 def module_path(name: str, root: Path = ROOT) -> Path | None:
@@ -83,8 +83,9 @@ def pipeline_stages(root: Path = ROOT) -> dict[str, tuple[str, str, list]]:
         for name, stage in spec["stages"].items():
             body = stage.get("do", stage)
             match = _CMD.search(body["cmd"])
-            if match:
-                out[f"{pipeline}:{name}"] = (pipeline, match.group(1), list(body.get("deps", [])))
+            if not match:
+                raise ValueError(f"{pipeline}:{name} runs {body['cmd']!r}, not `python -m stages.<name>`: teach _CMD its form")
+            out[f"{pipeline}:{name}"] = (pipeline, match.group(1), list(body.get("deps", [])))
     return out
 
 

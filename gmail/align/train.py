@@ -8,7 +8,7 @@ LoRA in every block and trains on the images themselves.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -38,6 +38,15 @@ class Alignment:
         images = images_to_tensor(images_uint8)
         return trunk_features(self.tower, images, batch_size, device) if self.cached else images
 
+    def inputs_from(self, batches: Iterable[np.ndarray], batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+        """`inputs` of a stream of uint8 batches; only the inputs are kept (trunk features when cached)."""
+        return torch.cat([self.inputs(images, batch_size, device).cpu() for images in batches])
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """The trainable forward pass as a module (what DistributedDataParallel wraps)."""
+        return _Head(base_model(self.f_g)) if self.cached else base_model(self.f_g)
+
     def embed_f_r(self, inputs: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
         return head_embeddings(self.tower.head if self.cached else self.tower, inputs, batch_size, device)
 
@@ -45,19 +54,51 @@ class Alignment:
         return head_embeddings(self.forward, inputs, batch_size, device)
 
 
+class _Head(nn.Module):
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.tower.head(features)
+
+
+def draw_batch(groups: torch.Tensor, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """Row indices of one batch: `batch_size` distinct real images (groups), one of each one's rows.
+
+    With one generated image per real one this is a random subset of rows; with several it
+    never puts two images of the same real one in a batch, so Eq. 1 has no false negatives.
+    """
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=len(unique))
+    starts = torch.cumsum(counts, 0) - counts
+    picked = torch.randperm(len(unique), generator=gen)[:batch_size]
+    offset = (torch.rand(len(picked), generator=gen) * counts[picked]).long()
+    return order[starts[picked] + offset]
+
+
 def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tensor, steps: int,
                     batch_size: int = 256, lr: float = 1e-4, weight_decay: float = 0.01, tau: float = 0.07,
                     restart_steps: int = 100, max_grad_norm: float = 1.0, seed: int = 0,
                     device: str = "cpu", progress: bool = True,
-                    forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+                    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    groups: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> list[float]:
     """Train `f_g` with `gmail_loss` on (generated input, f_r(real) embedding) pairs.
 
     `generated` holds one input per generated image: (N, 3, H, W) float images in [0, 1], or
     the frozen trunk's features of them when `forward` is the trainable head (see
     `gmail.models.image_tower`). `z_real` (N, D) holds the frozen encoder's embeddings of the paired
-    real images, computed once. AdamW, cosine annealing with warm restarts every
+    real images, computed once, row-aligned with `generated`; `groups` (N,) names each row's real
+    image (default: every row its own), and each batch draws `batch_size` real images and one of
+    their rows (`draw_batch`). AdamW, cosine annealing with warm restarts every
     `restart_steps`, gradient clipping, as the paper. BatchNorm statistics stay those of f_r
     (the copy runs in eval mode; only the adapter weights learn).
+
+    Several processes (rank of world, `torch.distributed` initialised, `forward` wrapped in
+    DistributedDataParallel): every process draws the same batch, embeds its share of the rows
+    (rank::world) and scores them against all of the batch's real embeddings, with its loss
+    scaled so that DDP's gradient average equals the one-process gradient of the batch mean.
     """
     from tqdm.auto import tqdm
 
@@ -70,14 +111,20 @@ def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tenso
     f_g.to(device).eval()
     forward = forward or f_g
     z_real = z_real.to(device)
+    groups = torch.arange(len(generated)) if groups is None else groups.cpu()
     losses = []
-    for _ in tqdm(range(steps), desc="align f_g", disable=not progress):
-        idx = torch.randperm(len(generated), generator=gen)[:batch_size]
-        loss = gmail_loss(forward(generated[idx].to(device)), z_real[idx.to(device)], tau)
+    for _ in tqdm(range(steps), desc="align f_g", disable=not progress or rank != 0):
+        idx = draw_batch(groups, batch_size, gen)
+        mine = torch.arange(rank, len(idx), world)
+        loss_sum = gmail_loss(forward(generated[idx[mine]].to(device)), z_real[idx.to(device)], tau,
+                              targets=mine.to(device), groups=groups[idx].to(device), reduction="sum")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum * world / len(idx)).backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        total = loss_sum.detach()
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        losses.append(total.item() / len(idx))
     return losses

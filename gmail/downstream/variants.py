@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from gmail.core.errors import PipelineError
-from gmail.models.embeddings import read_embeddings
+from gmail.models.embeddings import read_embeddings, set_folder, training_rows
 
 IMAGE_SETS = ("real", "generated", "noise")
 READINGS = ("f_r", "f_g")
@@ -34,21 +34,33 @@ class VariantParams:
             raise PipelineError(f"{name}.encoder={self.encoder!r} must be f_r, or f_g for generated/noise images: fix params.yaml")
 
 
-def training_set(records: list[dict], embeddings_dir, variant: VariantParams,
-                 heldout: int) -> tuple[torch.Tensor, list[list[str]]]:
-    """(embeddings, reference-caption lists) the variant trains on, in B order.
+@dataclass
+class TrainingSet:
+    """A variant's training rows: embeddings (N, D), each row's reference captions, the index of
+    its real B record (questions and attributes live there) and its id."""
 
-    `records` are the real B records (their captions are every variant's targets);
-    `embeddings_dir` holds one folder per image set (`real/`, `generated/`, `noise/`).
+    embeddings: torch.Tensor
+    captions: list[list[str]]
+    sources: list[int]
+    ids: list[str]
+
+
+def training_set(records: list[dict], embeddings_dir, variant: VariantParams, heldout: int) -> TrainingSet:
+    """The rows the variant trains on, in B order (several per real image for generated sets).
+
+    `records` are the real B records; `embeddings_dir` holds one folder per image set
+    (`real/`, `generated/f_r/`, `generated/f_g/`, `noise/`). `heldout_only` keeps the rows of the last
+    `heldout` real B images, the pairs alignment never saw.
     """
-    ids = [r["image_id"] for r in records]
-    z = read_embeddings(Path(embeddings_dir) / variant.images, f"B.{variant.encoder}", ids)
-    caps = [r["captions"] for r in records]
+    folder = Path(embeddings_dir) / set_folder(variant.images, variant.encoder)
+    rows = training_rows(folder, "B", records)
+    z = read_embeddings(folder, f"B.{variant.encoder}", rows.ids)
+    keep = list(range(len(rows.ids)))
     if variant.heldout_only:
         if not 0 < heldout < len(records):
             raise PipelineError(f"align.heldout={heldout} leaves no held-out pairs among {len(records)}: raise it or drop heldout_only")
-        z, caps = z[len(records) - heldout:], caps[len(records) - heldout:]
-    return z, caps
+        keep = [i for i, src in enumerate(rows.sources) if src >= len(records) - heldout]
+    return TrainingSet(z[keep], [rows.captions[i] for i in keep], [rows.sources[i] for i in keep], [rows.ids[i] for i in keep])
 
 
 def real_test_embeddings(test_records: list[dict], embeddings_dir, variant: VariantParams,
@@ -60,7 +72,7 @@ def real_test_embeddings(test_records: list[dict], embeddings_dir, variant: Vari
     paper's Algorithm 1), as does every variant with `test_reading: f_r`.
     """
     reading = "f_g" if test_reading == "f_g" and variant.encoder == "f_g" else "f_r"
-    folder = variant.images if reading == "f_g" else "real"
+    folder = set_folder(variant.images, "f_g") if reading == "f_g" else "real"
     z = read_embeddings(Path(embeddings_dir) / folder, f"T.{reading}", [r["image_id"] for r in test_records])
     return z, reading, f"{folder}/T.{reading}.npy"
 

@@ -274,8 +274,8 @@ def test_generate_stage_at_paper_scale(family, request, tmp_path, monkeypatch):
     import json
 
     from helpers import write_params
-    from PIL import Image as PILImage
 
+    from gmail.data.shards import list_shards, read_shards
     from stages import generate
 
     model_dir = request.getfixturevalue(f"{family}_dir")
@@ -285,12 +285,13 @@ def test_generate_stage_at_paper_scale(family, request, tmp_path, monkeypatch):
     rows = [{"image_id": f"im{i}", "path": f"images/im{i}.png", "captions": [f"a red shape number {i}"]} for i in range(3)]
     (caps / "B.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = write_params(tmp_path / "p.yaml", seed=3, paths={"captions": str(caps), "generated": str(tmp_path / "gen")},
-                          gen={"scale": "paper", "model": family, family: str(model_dir), "steps": STEPS, "guidance": 2.0,
+                          gen={"scale": "paper", "model": family, "per_real": 1, family: str(model_dir), "steps": STEPS, "guidance": 2.0,
                                "resolution": SIZE, "batch_size": 2, "dtype": "float32", "device": "cpu"})
     generate.main(["--params", params])
-    out = [json.loads(x) for x in (tmp_path / "gen/generated.jsonl").read_text().splitlines()]
-    assert [r["image_id"] for r in out] == ["im0", "im1", "im2"] and [r["seed"] for r in out] == [3, 4, 5]
-    for r in out:
-        assert PILImage.open(tmp_path / "gen" / r["path"]).size == (SIZE, SIZE)
+    out = [json.loads(x) for x in (tmp_path / "gen/manifest.jsonl").read_text().splitlines()]
+    assert [r["source_id"] for r in out] == ["im0", "im1", "im2"] and [r["seed"] for r in out] == [3, 4, 5]
+    images = list(read_shards(list_shards(tmp_path / "gen/shards")))
+    assert [m["id"] for m, _ in images] == ["im0_0", "im1_0", "im2_0"]
+    assert all(img.shape == (SIZE, SIZE, 3) for _, img in images)
     metrics = json.loads((tmp_path / "metrics/generate.json").read_text())
     assert metrics["scale"] == "paper" and metrics["model"] == family and metrics["count"] == 3

@@ -57,7 +57,9 @@ def _check_section(raw: dict, cls, name: str):
 @pytest.mark.parametrize("path,parsers", [(MAIN_PARAMS, MAIN), (PRETRAIN_PARAMS, PRETRAIN)], ids=["params.yaml", "pretrain"])
 def test_every_section_parses_with_the_files_values(path, parsers):
     params = load_params(path)
-    assert set(params) == set(parsers) | (SPECIAL if path == MAIN_PARAMS else SPECIAL - {"variants"})
+    assert set(params) == set(parsers) | (SPECIAL | {"launcher"} if path == MAIN_PARAMS else SPECIAL - {"variants"})
+    if path == MAIN_PARAMS:  # dvc.yaml's `${launcher} -m stages.<name>`: a plain run by default
+        assert params["launcher"] == "python"
     assert get_seed(params) >= 0
     paths = vars(get_paths(params, *params["paths"]))
     assert all(isinstance(p, Path) and not p.is_absolute() for p in paths.values())  # relative to the repository

@@ -15,17 +15,28 @@ pytestmark = pytest.mark.slow
 def _variant_paths(ws, name):
     """Paths for a side run in `ws/<name>/` that still reads the workspace's real embeddings."""
     (ws / name / "emb").mkdir(parents=True, exist_ok=True)
-    if not (ws / name / "emb/real").exists():
-        (ws / name / "emb/real").symlink_to(ws / "data/embeddings/real")
+    (ws / name / "emb/generated").mkdir(exist_ok=True)
+    for folder in ("real", "generated/f_r"):
+        if not (ws / name / "emb" / folder).exists():
+            (ws / name / "emb" / folder).symlink_to(ws / "data/embeddings" / folder)
     return {"align": f"{name}/align", "embeddings": f"{name}/emb", "metrics": f"{name}/metrics", "plots": f"{name}/plots"}
 
 
-def test_embed_writes_f_r_embeddings_of_real_b_and_t(embedded_workspace):
+def test_embed_writes_f_r_embeddings_of_real_b_and_t_and_of_each_generated_shard(embedded_workspace):
     ws = embedded_workspace
     ids = json.loads((ws / "data/embeddings/real/ids.json").read_text())
     assert len(ids["B"]) == 6 and len(ids["T"]) == 3
     z = np.load(ws / "data/embeddings/real/B.f_r.npy")
     assert z.shape == (6, 256) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    gen = ws / "data/embeddings/generated/f_r"
+    shards = sorted(p.name for p in (gen / "B.f_r").iterdir())
+    assert shards == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]  # 12 images, 5 per shard
+    assert [len(np.load(gen / "B.f_r" / s)) for s in shards] == [5, 5, 2]
+    index = json.loads((gen / "ids.json").read_text())
+    manifest = [json.loads(x) for x in (ws / "data/generated/manifest.jsonl").read_text().splitlines()]
+    assert index == {"B": [m["id"] for m in manifest], "B_source": [m["source_id"] for m in manifest],
+                     "B_caption": [m["caption"] for m in manifest]}
+    assert index["B_source"][:4] == [ids["B"][0], ids["B"][0], ids["B"][1], ids["B"][1]]
 
 
 def test_align_writes_adapter_embeddings_metrics_curve_and_plot(aligned_workspace):
@@ -36,14 +47,20 @@ def test_align_writes_adapter_embeddings_metrics_curve_and_plot(aligned_workspac
         assert set(m[key]) == {"aligned", "heldout"}
         assert all(-1 <= v <= 1 for v in m[key].values())
     assert m["cos_after"]["aligned"] != m["cos_before"]["aligned"]
-    assert m["pairs_aligned"] == 4 and m["pairs_heldout"] == 2
-    emb = ws / "data/embeddings/generated"
-    before, after = np.load(emb / "B.f_r.npy"), np.load(emb / "B.f_g.npy")
-    assert before.shape == after.shape == (6, 256) and not np.allclose(before, after)
-    assert np.load(emb / "T.f_g.npy").shape == (3, 256)
-    # f_r's view of the generated images matches what the frozen encoder gives: cos_before.
+    # Two generated images per real one: 4 aligned real images give 8 pairs, 2 held out give 4.
+    assert (m["pairs_aligned"], m["pairs_heldout"], m["real_aligned"], m["real_heldout"]) == (8, 4, 4, 2)
+    emb = ws / "data/embeddings/generated/f_g"
+    before, after = np.load(ws / "data/embeddings/generated/f_r/B.f_r/shard-00000.npy"), np.load(emb / "B.f_g.npy")
+    assert after.shape == (12, 256) and not np.allclose(before, after[:5])
+    assert np.load(emb / "T.f_g.npy").shape == (3, 256) and not (emb / "B.f_r.npy").exists()
+    index = json.loads((emb / "ids.json").read_text())
+    assert index["B"] == json.loads((ws / "data/embeddings/generated/f_r/ids.json").read_text())["B"]
+    # f_r's view of the generated images (stage embed) is what cos_before compares: row i with its real image.
     real = np.load(ws / "data/embeddings/real/B.f_r.npy")
-    assert m["cos_before"]["aligned"] == pytest.approx(float((before[:4] * real[:4]).sum(1).mean()), abs=1e-5)
+    f_r = np.concatenate([np.load(f) for f in sorted((ws / "data/embeddings/generated/f_r/B.f_r").iterdir())])
+    pairs = real[[i // 2 for i in range(12)]]  # row i was generated for real image i // 2
+    assert m["cos_before"]["aligned"] == pytest.approx(float((f_r[:8] * pairs[:8]).sum(1).mean()), abs=1e-5)
+    assert m["cos_before"]["heldout"] == pytest.approx(float((f_r[8:] * pairs[8:]).sum(1).mean()), abs=1e-5)
     # One loss per optimiser step, the last 20 averaging to the reported final loss.
     rows = (ws / "plots/align/loss-generated.tsv").read_text().splitlines()
     losses = [float(r.split("\t")[1]) for r in rows[1:]]
@@ -54,9 +71,11 @@ def test_align_writes_adapter_embeddings_metrics_curve_and_plot(aligned_workspac
 def test_noise_source_aligns_noise_images(aligned_workspace):
     ws = aligned_workspace
     assert json.loads((ws / "metrics/align/noise.json").read_text())["source"] == "noise"
-    gen = np.load(ws / "data/embeddings/generated/B.f_r.npy")
+    gen = np.load(ws / "data/embeddings/generated/f_r/B.f_r/shard-00000.npy")
     noise = np.load(ws / "data/embeddings/noise/B.f_r.npy")
-    assert noise.shape == gen.shape and not np.allclose(noise, gen)
+    assert noise.shape == (6, 256) and not np.allclose(noise[:5], gen)
+    assert json.loads((ws / "data/embeddings/noise/ids.json").read_text())["B"] == \
+        json.loads((ws / "data/embeddings/real/ids.json").read_text())["B"]
 
 
 def test_zero_steps_is_alignment_off(embedded_workspace, monkeypatch):
@@ -64,8 +83,8 @@ def test_zero_steps_is_alignment_off(embedded_workspace, monkeypatch):
     monkeypatch.chdir(ws)
     p = write_params(ws / "off.yaml", ws / "params.yaml", align={"steps": 0}, paths=_variant_paths(ws, "off"))
     align.main(["--params", p, "--source", "generated"])
-    emb = ws / "off/emb/generated"
-    assert np.allclose(np.load(emb / "B.f_r.npy"), np.load(emb / "B.f_g.npy"), atol=1e-6)
+    f_r = np.concatenate([np.load(f) for f in sorted((ws / "off/emb/generated/f_r/B.f_r").iterdir())])
+    assert np.allclose(f_r, np.load(ws / "off/emb/generated/f_g/B.f_g.npy"), atol=1e-6)
     m = json.loads((ws / "off/metrics/align/generated.json").read_text())
     assert m["cos_after"] == pytest.approx(m["cos_before"]) and m["final_loss"] is None
     assert (ws / "off/plots/align/loss-generated.tsv").read_text() == "step\tloss\n"
@@ -90,7 +109,8 @@ def test_layers_all_puts_lora_in_every_block(aligned_workspace, monkeypatch):
     config = json.loads((ws / "all/align/generated/adapter/adapter_config.json").read_text())
     assert "conv_pw|conv_pwl" in config["target_modules"]
     # The f_r view is the same whichever layers get LoRA.
-    assert np.allclose(np.load(ws / "all/emb/generated/B.f_r.npy"), np.load(ws / "data/embeddings/generated/B.f_r.npy"), atol=1e-5)
+    head = json.loads((ws / "metrics/align/generated.json").read_text())
+    assert m["cos_before"] == pytest.approx(head["cos_before"], abs=1e-5)
 
 
 @pytest.mark.parametrize("bad", [0, -3, "four", 2.5])
@@ -110,15 +130,19 @@ def test_mismatched_pairs_missing_clip_missing_embeddings_and_bad_source_are_err
     monkeypatch.chdir(ws)
     short = tmp_path / "gen"
     short.mkdir()
-    lines = (ws / "data/generated/generated.jsonl").read_text().splitlines()[:-1]
-    (short / "generated.jsonl").write_text("\n".join(lines) + "\n")
-    (short / "images").symlink_to(ws / "data/generated/images")
+    lines = (ws / "data/generated/manifest.jsonl").read_text().splitlines()[:-1]
+    (short / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (short / "shards").symlink_to(ws / "data/generated/shards")
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "manifest.jsonl").write_text(lines[0].replace('"source_id": "', '"source_id": "x') + "\n")
     (tmp_path / "e").mkdir()
     (tmp_path / "e/real").symlink_to(ws / "data/embeddings/real")
     out = {"align": str(tmp_path / "a"), "embeddings": str(tmp_path / "e"), "metrics": str(tmp_path / "m")}
     base = ws / "params.yaml"
     cases = [
-        (write_params(ws / "e1.yaml", base, paths={**out, "generated": str(short)}), "generated", "do not pair"),
+        (write_params(ws / "e1.yaml", base, paths={**out, "generated": str(short)}), "generated", "do not hold the manifest"),
+        (write_params(ws / "e0.yaml", base, paths={**out, "generated": str(stray)}), "generated", "which is not in B"),
         (write_params(ws / "e2.yaml", base, paths=out, encoder={"mini": str(tmp_path / "nope")}), "generated", "mini CLIP not found"),
         (write_params(ws / "e3.yaml", base, paths={**out, "embeddings": str(tmp_path / "none")}), "generated", "embeddings"),
         (write_params(ws / "e4.yaml", base, paths=out, encoder={"scale": "huge"}), "generated", "encoder.scale"),
@@ -135,20 +159,20 @@ def test_mismatched_pairs_missing_clip_missing_embeddings_and_bad_source_are_err
 def test_saved_adapter_reloads_to_the_embeddings_align_wrote(aligned_workspace, monkeypatch, tmp_path):
     ws = aligned_workspace
     monkeypatch.chdir(ws)
-    encode.main(["--params", "params.yaml", "--images", "data/generated/images", "--adapter", "data/align/generated",
+    encode.main(["--params", "params.yaml", "--images", "data/generated/shards", "--adapter", "data/align/generated",
                  "--out", str(tmp_path / "z.npy")])
     names = json.loads((tmp_path / "z.npy.json").read_text())
-    ids = json.loads((ws / "data/embeddings/generated/ids.json").read_text())["B"]
-    order = [names.index(f"{i}.png") for i in ids]
-    z = np.load(tmp_path / "z.npy")[order]
-    saved = np.load(ws / "data/embeddings/generated/B.f_g.npy")
-    f_r = np.load(ws / "data/embeddings/generated/B.f_r.npy")
+    ids = json.loads((ws / "data/embeddings/generated/f_g/ids.json").read_text())["B"]
+    assert names == ids  # a folder of shards: one row per item, in shard order
+    z = np.load(tmp_path / "z.npy")
+    saved = np.load(ws / "data/embeddings/generated/f_g/B.f_g.npy")
+    f_r = np.concatenate([np.load(f) for f in sorted((ws / "data/embeddings/generated/f_r/B.f_r").iterdir())])
     assert np.allclose(z, saved, atol=1e-5) and not np.allclose(z, f_r, atol=1e-3)
 
 
 def test_missing_adapter_is_a_one_line_error(embedded_workspace, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(embedded_workspace)
-    assert run(encode.main, ["--params", "params.yaml", "--images", "data/generated/images", "--adapter",
+    assert run(encode.main, ["--params", "params.yaml", "--images", "data/generated/shards", "--adapter",
                              str(tmp_path / "nothing"), "--out", str(tmp_path / "z.npy")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no aligned encoder" in err[0]

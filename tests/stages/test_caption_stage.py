@@ -33,7 +33,9 @@ def test_variants_train_on_what_they_say(captioned_workspace):
     assert (info["synthetic"]["train_images"], info["synthetic"]["train_encoder"]) == ("generated", "f_r")
     assert (info["gmail"]["train_images"], info["gmail"]["train_encoder"]) == ("generated", "f_g")
     assert info["real"]["train_images"] == "real" and info["noise"]["train_images"] == "noise"
-    assert info["gmail_heldout"]["train_size"] == 2 and info["gmail"]["train_size"] == 6
+    # Two generated images per real B image (6 real, the last 2 held out of alignment).
+    assert info["gmail_heldout"]["train_size"] == 4 and info["gmail"]["train_size"] == 12
+    assert info["synthetic"]["train_size"] == 12 and info["real"]["train_size"] == info["noise"]["train_size"] == 6
     assert (info["synthetic_heldout"]["train_encoder"], info["synthetic_heldout"]["heldout_only"]) == ("f_r", True)
     assert all(i["schedule"] == "equal_steps" and i["steps"] == 4 and i["val_size"] == 0 for i in info.values())
     assert all(i["test_reading"] == "f_r" and i["test_embeddings"].endswith("real/T.f_r.npy") for i in info.values())
@@ -63,7 +65,7 @@ def test_converge_stops_early_on_held_out_images_and_keeps_the_best_weights(alig
     caption.main(["--params", p, "--variant", "gmail"])
     info = json.loads((ws / "conv/preds/gmail/info.json").read_text())
     run0 = info["runs"]["seed0"]
-    assert info["schedule"] == "converge" and info["val_size"] == 2 and info["train_size"] == 4
+    assert info["schedule"] == "converge" and info["val_size"] == 4 and info["train_size"] == 8  # 12 rows x 0.34
     val = [line.split("\t") for line in (ws / "conv/plots/caption/gmail/val-loss-seed0.tsv").read_text().splitlines()[1:]]
     steps, losses = [int(a) for a, _ in val], [float(b) for _, b in val]
     assert steps == list(range(2, run0["steps_run"] + 1, 2))
@@ -81,7 +83,7 @@ def test_test_reading_f_g_reads_real_t_through_the_lora_model(aligned_workspace,
     for variant in ("gmail", "synthetic"):
         caption.main(["--params", p, "--variant", variant])
     gmail = json.loads((ws / "fg/preds/gmail/info.json").read_text())
-    assert gmail["test_reading"] == "f_g" and gmail["test_embeddings"].endswith("generated/T.f_g.npy")
+    assert gmail["test_reading"] == "f_g" and gmail["test_embeddings"].endswith("generated/f_g/T.f_g.npy")
     # A variant trained on f_r embeddings has no LoRA model: it reads T through f_r.
     assert json.loads((ws / "fg/preds/synthetic/info.json").read_text())["test_reading"] == "f_r"
 

@@ -77,9 +77,12 @@ def test_heldout_variants_train_on_the_held_out_images_only(vqa_run):
 
     b_ids = [int(r["image_id"].split("-")[1]) for r in read_jsonl(vqa_run / "data/captions/B.jsonl")]
     per_image = Counter(i for i in easy_vqa.get_train_questions()[2] if i in set(b_ids))
-    for name in ("gmail_heldout", "synthetic_heldout"):  # align.heldout = 2: the last two B images
-        assert metrics[name]["train_images"] == 2 and metrics[name]["train_questions"] == sum(per_image[i] for i in b_ids[-2:])
-    for name in ("gmail", "synthetic", "real", "question_only"):
+    # Two generated images per B image, each asked its real image's questions; align.heldout = 2: the last two.
+    for name in ("gmail_heldout", "synthetic_heldout"):
+        assert metrics[name]["train_images"] == 4 and metrics[name]["train_questions"] == 2 * sum(per_image[i] for i in b_ids[-2:])
+    for name in ("gmail", "synthetic"):
+        assert metrics[name]["train_images"] == 12 and metrics[name]["train_questions"] == 2 * sum(per_image.values())
+    for name in ("real", "question_only"):
         assert metrics[name]["train_images"] == 6 and metrics[name]["train_questions"] == sum(per_image.values())
 
 
@@ -113,7 +116,7 @@ def test_test_reading_f_g_reads_real_t_through_the_lora_model_where_there_is_one
                                                               "test_reading": "f_g"})])
     metrics = json.loads((ws / "fg/metrics/vqa.json").read_text())
     runs = json.loads((ws / "fg/scores/per_seed.json").read_text())["runs"]
-    assert metrics["gmail"]["test_reading"] == "f_g" and runs["gmail"]["test_embeddings"] == "generated/T.f_g.npy"
+    assert metrics["gmail"]["test_reading"] == "f_g" and runs["gmail"]["test_embeddings"] == "generated/f_g/T.f_g.npy"
     assert metrics["synthetic"]["test_reading"] == "f_r" and runs["synthetic"]["test_embeddings"] == "real/T.f_r.npy"
 
 
@@ -162,7 +165,7 @@ def test_unknown_variant_missing_embeddings_and_bad_params_are_one_line_errors(a
     (tmp_path / "only_real/real").symlink_to(ws / "data/embeddings/real")
     cases = [
         (vqa_params(ws, "e1", eval_vqa={"variants": ["gmail", "pixels"]}), "unknown variant 'pixels' in eval_vqa.variants"),
-        (vqa_params(ws, "e2", paths={"embeddings": str(tmp_path / "only_real")}), "generated/B.f_r.npy not found"),
+        (vqa_params(ws, "e2", paths={"embeddings": str(tmp_path / "only_real")}), "generated/f_r/ids.json not found"),
         (vqa_params(ws, "e3", paths={"embeddings": str(tmp_path / "none")}), "embeddings"),
         (vqa_params(ws, "e4", eval_vqa={"test_reading": "f_x"}), "eval_vqa.test_reading"),
         (vqa_params(ws, "e5", eval_vqa={"steps": 0}), "eval_vqa.seeds, hidden, layers, steps and batch_size"),

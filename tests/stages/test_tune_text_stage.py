@@ -30,7 +30,7 @@ def test_each_seed_gets_a_tower_info_and_loss_curve_and_reruns_are_identical(ali
         folder = ws / "tt_a/towers/gmail" / f"seed{seed}"
         info = json.loads((folder / "text.json").read_text())
         assert (info["row"], info["train_images"], info["train_encoder"], info["seed"]) == ("gmail", "generated", "f_g", seed)
-        assert info["scale"] == "mini" and info["train_size"] == 6 and info["steps"] == 3
+        assert info["scale"] == "mini" and info["train_size"] == 12 and info["steps"] == 3
         curve = (ws / "tt_a/plots/tune_text/gmail" / f"loss-seed{seed}.tsv").read_text().splitlines()
         assert curve[0] == "step\tloss" and len(curve) == 1 + 3
     assert json.loads((ws / "tt_a/stats/tune_text/gmail.json").read_text())["seconds"] > 0
@@ -49,7 +49,7 @@ def test_rows_train_on_their_variants_own_embeddings(aligned_workspace, monkeypa
     info = {r: json.loads((ws / f"tt_c/towers/{r}/seed0/text.json").read_text()) for r in ("synthetic", "real", "gmail_heldout")}
     assert (info["synthetic"]["train_images"], info["synthetic"]["train_encoder"]) == ("generated", "f_r")
     assert info["real"]["train_images"] == "real"
-    assert info["gmail_heldout"]["heldout_only"] and info["gmail_heldout"]["train_size"] == 2
+    assert info["gmail_heldout"]["heldout_only"] and info["gmail_heldout"]["train_size"] == 4
 
 
 @pytest.mark.parametrize("row,match", [("gmial", "unknown row 'gmial'"), ("clip", "untuned text tower")])
