@@ -85,3 +85,40 @@ def test_paired_cosine():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     assert paired_cosine(a, a) == pytest.approx(1.0)
     assert paired_cosine(a, -a) == pytest.approx(-1.0)
+
+
+def test_twin_columns_are_not_negatives():
+    """Two rows of a batch with the same real image (groups): neither counts as the other's negative."""
+    g = torch.Generator().manual_seed(1)
+    z_gen, z_real = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    groups = torch.tensor([0, 1, 1, 2])
+    masked = gmail_loss(z_gen, z_real, groups=groups, reduction="none")
+    logits = torch.nn.functional.normalize(z_gen, dim=-1) @ torch.nn.functional.normalize(z_real, dim=-1).t() / 0.07
+    keep = {0: [0, 1, 2, 3], 1: [0, 1, 3], 2: [0, 2, 3], 3: [0, 1, 2, 3]}
+    expected = torch.stack([-(logits[i, i] - torch.logsumexp(logits[i, keep[i]], 0)) for i in range(4)])
+    assert torch.allclose(masked, expected, atol=1e-5)
+    assert not torch.allclose(masked, gmail_loss(z_gen, z_real, reduction="none"))  # row 1 and 2 differ unmasked
+
+
+def test_a_share_of_rows_scored_against_the_whole_batch_sums_to_the_batch_loss():
+    """What each DDP process computes (its rows, every real column) adds up to the one-process loss."""
+    g = torch.Generator().manual_seed(2)
+    z_gen, z_real, groups = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g), torch.tensor([0, 1, 2, 0, 3, 4])
+    whole = gmail_loss(z_gen, z_real, groups=groups)
+    parts = sum(gmail_loss(z_gen[r::2], z_real, targets=torch.arange(r, 6, 2), groups=groups, reduction="sum") for r in (0, 1))
+    assert torch.isclose(parts / 6, whole, atol=1e-6)
+
+
+def test_draw_batch_takes_distinct_real_images_one_row_each():
+    from gmail.align.train import draw_batch
+
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        idx = draw_batch(groups, 3, g)
+        assert len(idx) == 3 and len(set(groups[idx].tolist())) == 3
+        seen.update(idx.tolist())
+    assert seen == set(range(12))  # every generated image of every real image gets drawn
+    assert len(draw_batch(groups, 10, g)) == 4  # at most one row per real image
+    assert torch.equal(draw_batch(groups, 3, torch.Generator().manual_seed(5)), draw_batch(groups, 3, torch.Generator().manual_seed(5)))
