@@ -25,12 +25,12 @@ from gmail.align.train import Alignment, train_alignment
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
-from gmail.core.io import atomic_dir, read_jsonl, write_json
+from gmail.core.io import atomic_dir, write_json
 from gmail.data.records import read_split
 from gmail.data.shards import batched, list_shards, read_shards
 from gmail.models.embeddings import Rows, read_embeddings, set_folder, write_embeddings
 from gmail.models.image_tower import EncoderParams, load_tower_from_params
-from gmail.models.streaming import record_batches
+from gmail.models.streaming import check_shard_order, read_manifest, record_batches
 from gmail.viz.curves import write_loss_curve
 from gmail.viz.tsne import tsne_plot
 
@@ -116,11 +116,8 @@ def main(argv=None):
 
 def generated_inputs(aligned: Alignment, generated_dir, real: list[dict], batch_size: int, device: str):
     """(inputs, rows) of the generated images, streamed from stage generate's shards in manifest order."""
-    manifest = read_jsonl(generated_dir / "manifest.jsonl")
     pos = {r["image_id"]: i for i, r in enumerate(real)}
-    stray = next((m["source_id"] for m in manifest if m["source_id"] not in pos), None)
-    if stray is not None:
-        raise PipelineError(f"{generated_dir} holds images generated for {stray!r}, which is not in B: rerun `dvc repro generate`")
+    manifest = read_manifest(generated_dir, pos)
     metas = []
 
     def batches():
@@ -130,8 +127,7 @@ def generated_inputs(aligned: Alignment, generated_dir, real: list[dict], batch_
             yield images
 
     inputs = aligned.inputs_from(batches(), batch_size, device)
-    if [m["id"] for m in metas] != [m["id"] for m in manifest]:
-        raise PipelineError(f"the shards in {generated_dir} do not hold the manifest's images in order: rerun `dvc repro generate`")
+    check_shard_order(metas, manifest, generated_dir)
     return inputs, Rows([m["id"] for m in metas], [pos[m["source_id"]] for m in metas], [[m["caption"]] for m in metas])
 
 

@@ -15,13 +15,12 @@ import numpy as np
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
-from gmail.core.errors import PipelineError
-from gmail.core.io import atomic_dir, read_jsonl, write_json
+from gmail.core.io import atomic_dir, write_json
 from gmail.data.records import read_split
 from gmail.data.shards import list_shards
 from gmail.models.embeddings import write_embeddings
 from gmail.models.image_tower import EncoderParams, load_tower_from_params
-from gmail.models.streaming import embed_records, embed_shard
+from gmail.models.streaming import check_shard_order, embed_records, embed_shard, read_manifest
 
 
 def main(argv=None):
@@ -42,11 +41,7 @@ def main(argv=None):
         ids[split] = [r["image_id"] for r in records[split]]
 
     # 2. Generated images, shard by shard, each shard's embeddings written as soon as they exist.
-    manifest = read_jsonl(paths.generated / "manifest.jsonl")
-    real_b = set(ids["B"])
-    stray = next((m["source_id"] for m in manifest if m["source_id"] not in real_b), None)
-    if stray is not None:
-        raise PipelineError(f"{paths.generated} holds images generated for {stray!r}, which is not in B: rerun `dvc repro generate`")
+    manifest = read_manifest(paths.generated, ids["B"])
     shards = list_shards(paths.generated / "shards")
     with atomic_dir(paths.embeddings / "generated/f_r") as tmp:
         (tmp / "B.f_r").mkdir()
@@ -55,9 +50,7 @@ def main(argv=None):
             z, metas = embed_shard(tower, shard, enc.batch_size, device)
             np.save(tmp / "B.f_r" / f"{shard.stem}.npy", z.numpy().astype(np.float32))
             rows.extend(metas)
-        if [m["id"] for m in rows] != [m["id"] for m in manifest]:
-            raise PipelineError(f"the shards in {paths.generated} do not hold the manifest's images in order: "
-                                "rerun `dvc repro generate`")
+        check_shard_order(rows, manifest, paths.generated)
         write_json(tmp / "ids.json", {"B": [m["id"] for m in rows], "B_source": [m["source_id"] for m in rows],
                                       "B_caption": [m["caption"] for m in rows]})
     with atomic_dir(paths.embeddings / "real") as tmp:

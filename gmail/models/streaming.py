@@ -3,6 +3,7 @@ webdataset shards read item by item, so memory holds one batch of pixels at a ti
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from gmail.core.io import load_image
+from gmail.core.errors import PipelineError
+from gmail.core.io import load_image, read_jsonl
 from gmail.data.shards import batched, read_shards
 from gmail.models.image_tower import head_embeddings, images_to_tensor, trunk_features
 
@@ -51,3 +53,20 @@ def embed_shard(tower: nn.Module, shard, batch_size: int = 256, device: str = "c
             yield batch
 
     return features_of(tower, images(), batch_size, device, head=tower.head), metas
+
+
+def read_manifest(generated_dir, real_ids) -> list[dict]:
+    """Stage generate's `manifest.jsonl`, checked: every item was generated for one of `real_ids`."""
+    manifest = read_jsonl(Path(generated_dir) / "manifest.jsonl")
+    known = set(real_ids)
+    stray = next((m["source_id"] for m in manifest if m["source_id"] not in known), None)
+    if stray is not None:
+        raise PipelineError(f"{generated_dir} holds images generated for {stray!r}, which is not in B: rerun `dvc repro generate`")
+    return manifest
+
+
+def check_shard_order(metas: list[dict], manifest: list[dict], generated_dir) -> None:
+    """The items read from the shards must be the manifest's, in its order."""
+    if [m["id"] for m in metas] != [m["id"] for m in manifest]:
+        raise PipelineError(f"the shards in {generated_dir} do not hold the manifest's images in order: "
+                            "rerun `dvc repro generate`")
