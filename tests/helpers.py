@@ -77,3 +77,54 @@ def assert_same_up_to_rounding(a, b, what: str = "image") -> None:
     assert a.shape == b.shape, f"{what}: shapes {a.shape} vs {b.shape}"
     diff = np.abs(a - b)
     assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, f"{what} differs beyond rounding: max {diff.max()}, {(diff > 0).mean():.1%} of values"
+
+
+# --- Running a stage the way DVC does (a subprocess) and checking what it touched -------------
+
+def snapshot(root: Path, skip: tuple[str, ...] = (".git", ".dvc/tmp", ".dvc/cache")) -> dict[str, tuple]:
+    """{relative path: (size, sha256)} of every file under `root` (folders named in `skip` left out).
+
+    Compare two snapshots with `changed_files` to show that a failed stage touched nothing
+    outside its outputs."""
+    import hashlib
+
+    root = Path(root)
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if any(rel == s or rel.startswith(s + "/") for s in skip) or not path.is_file() or path.is_symlink():
+            continue
+        out[rel] = (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def changed_files(before: dict, after: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+    """Paths added, removed or changed between two `snapshot`s, except those under a prefix in `allowed`."""
+    paths = set(before) | set(after)
+    return sorted(p for p in paths if before.get(p) != after.get(p)
+                  and not any(p == a or p.startswith(a.rstrip("/") + "/") for a in allowed))
+
+
+def run_stage(cwd: Path, module: str, *args: str, env: dict | None = None, timeout: float = 600):
+    """Run `python -m <module> --params params.yaml <args>` in `cwd` as DVC would; returns the
+    CompletedProcess (text stdout/stderr). `env` entries are added to a copy of os.environ."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, "--params", "params.yaml", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments: str, status: int = 2) -> str:
+    """The stage failed with `status` and its stderr ends in one `error: ...` line holding every fragment
+    (no traceback); returns that line."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == status, f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, f"expected one error line, stderr:\n{proc.stderr[-3000:]}"
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    return errors[0]
