@@ -22,10 +22,11 @@ from gmail.align.loss import paired_cosine
 from gmail.align.noise_control import noise_images
 from gmail.align.params import AlignParams
 from gmail.align.train import Alignment, train_alignment
-from gmail.core.cli import offline, run, stage_parser
+from gmail.core.cli import offline, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json
+from gmail.core.launch import launch
 from gmail.data.records import read_split
 from gmail.data.shards import batched, list_shards, read_shards
 from gmail.models.embeddings import Rows, read_embeddings, set_folder, write_embeddings
@@ -39,15 +40,15 @@ SOURCES = ("generated", "noise")
 
 def main(argv=None):
     parser = stage_parser(__doc__)
-    parser.add_argument("--source", required=True, help="images aligned to real B: generated | noise")
+    parser.add_stage_key("--source", help="images aligned to real B: generated | noise")
     args = parser.parse_args(argv)
-    offline()
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
     if args.source not in SOURCES:
         raise PipelineError(f"unknown alignment source {args.source!r}: use one of {', '.join(SOURCES)}")
     enc = section(params.get("encoder"), EncoderParams, "encoder")
+    offline(enc.scale)  # mini: never the network; paper: as the environment says
     p = section(params.get("align"), AlignParams, "align")
     paths = get_paths(params, "captions", "generated", "embeddings", "align", "metrics", "plots")
     device = pick_device(enc.device)
@@ -141,4 +142,4 @@ def state_forward(aligned: Alignment, state):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(launch(main, "stages.align"))  # params `launcher`: one process, or one per GPU

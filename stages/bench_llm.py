@@ -42,9 +42,8 @@ class BenchmarkParams:
 
 def main(argv=None):
     parser = stage_parser(__doc__)
-    parser.add_argument("--benchmark", required=True, help="a key of params.yaml `llm.benchmarks`")
+    parser.add_stage_key("--benchmark", help="a key of params.yaml `llm.benchmarks`")
     args = parser.parse_args(argv)
-    offline()
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
@@ -53,6 +52,7 @@ def main(argv=None):
         raise PipelineError(f"unknown benchmark {args.benchmark!r}: add it under llm.benchmarks (kind, root, split)")
     b = section(p.benchmarks[args.benchmark], BenchmarkParams, f"llm.benchmarks.{args.benchmark}")
     enc = section(params.get("encoder"), EncoderParams, "encoder")
+    offline("mini" if p.model.llm == "smollm2" and enc.scale == "mini" else "paper")  # paper: as the environment says
     paths = get_paths(params, "llm", "metrics")
     device, dtype = pick_device(p.device), torch_dtype(p.dtype)
 

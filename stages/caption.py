@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gmail.align.params import AlignParams
 from gmail.core.cli import offline, run, stage_parser
-from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.config import check_lr, check_param, get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json
 from gmail.data.coco_format import write_references, write_results
@@ -50,13 +50,17 @@ class CaptionParams:
             raise PipelineError(f"{name}.schedule={self.schedule!r} is not one of {', '.join(SCHEDULES)}: fix params.yaml")
         if self.test_reading not in READINGS:
             raise PipelineError(f"{name}.test_reading={self.test_reading!r} is not one of {', '.join(READINGS)}: fix params.yaml")
+        check_lr(f"{name}.lr", self.lr)
+        check_param(self.weight_decay >= 0, f"{name}.weight_decay", self.weight_decay, ">= 0")
+        check_param(0 < self.val_fraction < 1, f"{name}.val_fraction", self.val_fraction, "in (0, 1) (a share of the images)")
+        check_param(self.eval_every >= 1, f"{name}.eval_every", self.eval_every, "a positive number of steps")
+        check_param(self.patience >= 1, f"{name}.patience", self.patience, "a positive number of checks")
 
 
 def main(argv=None):
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, help="a key of params.yaml `variants`")
+    parser.add_stage_key("--variant", help="a key of params.yaml `variants`")
     args = parser.parse_args(argv)
-    offline()
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
@@ -66,6 +70,7 @@ def main(argv=None):
                             "or add it under `variants` in params.yaml")
     v = section(variants[args.variant], VariantParams, f"variants.{args.variant}")
     p = section(params.get("caption"), CaptionParams, "caption")
+    offline("mini" if p.model.decoder == "scratch" else "paper")  # mini: never the network; a hub decoder: as the environment says
     heldout = section(params.get("align"), AlignParams, "align").heldout
     paths = get_paths(params, "captions", "embeddings", "captioner", "predictions", "plots")
     device = pick_device(p.device)

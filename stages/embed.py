@@ -25,10 +25,10 @@ from gmail.models.streaming import check_shard_order, embed_records, embed_shard
 
 def main(argv=None):
     args = stage_parser(__doc__).parse_args(argv)
-    offline()
     params = load_params(args.params)
     set_seed(get_seed(params))
     enc = section(params.get("encoder"), EncoderParams, "encoder")
+    offline(enc.scale)  # mini: never the network; paper: as the environment says
     paths = get_paths(params, "captions", "generated", "embeddings")
     device = pick_device(enc.device)
     tower = load_tower_from_params(enc, device)

@@ -33,8 +33,8 @@ def main(argv=None):
     parser.add_argument("--adapter", default="", help="an align output folder (holds adapter/ or f_g.safetensors); empty: f_r")
     parser.add_argument("--out", required=True, help="output .npy file")
     args = parser.parse_args(argv)
-    offline()
     enc = section(load_params(args.params).get("encoder"), EncoderParams, "encoder")
+    offline(enc.scale)  # mini: never the network; paper: as the environment says
     files = sorted(f for f in Path(args.images).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if Path(args.images).is_dir() else []
     shards = list_shards(args.images) if Path(args.images).is_dir() else []
     if not files and not shards:

@@ -28,10 +28,10 @@ from gmail.eval.vqa import KEYS as VQA_KEYS
 
 def main(argv=None):
     args = stage_parser(__doc__).parse_args(argv)
-    offline()
     params = load_params(args.params)
     set_seed(get_seed(params))
     p = section(params.get("llm"), LlmParams, "llm")
+    offline("mini" if p.model.llm == "smollm2" else "paper")  # mini: never the network; a hub LLM: as the environment says
     paths = get_paths(params, "captions", "llm", "metrics")
 
     # 1. References and every variant's per-seed captions and answers.

@@ -21,7 +21,7 @@ import torch
 
 from gmail.align.params import AlignParams
 from gmail.core.cli import offline, run, stage_parser
-from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.config import check_lr, check_param, get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json
 from gmail.data.easy_vqa_questions import ANSWERS, load_split_questions
@@ -53,6 +53,8 @@ class EvalVqaParams:
             raise PipelineError(f"{name}.seeds, hidden, layers, steps and batch_size must be positive: fix params.yaml")
         if self.test_reading not in READINGS:
             raise PipelineError(f"{name}.test_reading={self.test_reading!r} is not one of {', '.join(READINGS)}: fix params.yaml")
+        check_lr(f"{name}.lr", self.lr)
+        check_param(self.weight_decay >= 0, f"{name}.weight_decay", self.weight_decay, ">= 0")
 
 
 def main(argv=None):

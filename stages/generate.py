@@ -15,16 +15,18 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from gmail.core.cli import offline, run, stage_parser
-from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed, torch_dtype
+from gmail.core.cli import offline, stage_parser
+from gmail.core.config import check_param, get_paths, get_seed, load_params, pick_device, section, set_seed, torch_dtype
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json, write_jsonl
+from gmail.core.launch import launch
 from gmail.data.records import read_split
 from gmail.data.shards import build_manifest, shard_name, shard_ranges
-from gmail.generation.sharded import collect_shards, generate_shards, prepare_scratch, scratch_key
+from gmail.generation.sharded import claim_scratch, collect_shards, generate_shards, scratch_key
 
 MODELS = ("sd2", "flux")
 SCALES = ("mini", "paper")
+MAX_GUIDANCE = 50.0
 
 
 @dataclass
@@ -56,6 +58,16 @@ class GenParams:
         if min(self.steps, self.batch_size, self.per_real, self.shard_size) < 1 or self.resolution < 0:
             raise PipelineError(f"{name}.steps, batch_size, per_real and shard_size must be positive and {name}.resolution >= 0: "
                                 "fix params.yaml")
+        from gmail.generation.mini_diffusion import train_timesteps
+
+        # A sampler takes at most its scheduler's training timesteps (DDIM raises past them, deep in
+        # the first batch): read from a local model's scheduler config; a hub id's (SD2, FLUX) have 1000.
+        limit = train_timesteps(getattr(self, self.model))
+        check_param(self.steps <= limit, f"{name}.steps", self.steps,
+                    f"at most {limit}, its scheduler's training timesteps (typical: 10 mini, 50 SD2, 4 FLUX)")
+        # Guidance scales in use run 1-15; far beyond, every pixel saturates (black or white images).
+        check_param(0 <= self.guidance <= MAX_GUIDANCE, f"{name}.guidance", self.guidance, f"in [0, {MAX_GUIDANCE:g}] (params.yaml: 3; SD2's default: 7.5)")
+        check_param(self.resolution <= 4096, f"{name}.resolution", self.resolution, "at most 4096 pixels (0 = the model's native size)")
         torch_dtype(self.dtype)
         from gmail.generation.paper_pipelines import ATTENTION_BACKENDS, COMPILE_MODES
 
@@ -104,28 +116,25 @@ def main(argv=None):
     settings = {**{k: v for k, v in asdict(p).items() if k not in ("sd2", "flux", "device")},
                 "model_path": getattr(p, p.model), "device_type": device.split(":")[0]}
     key = scratch_key(settings, manifest, getattr(p, p.model))
-    scratch = paths.scratch / f"generate-{key}"
-    if state.is_main_process:
-        prepare_scratch(paths.scratch, key)
-    state.wait_for_everyone()
-    sampler = load_sampler(p, device)
-    start = time.time()
-    written = generate_shards(manifest, p.shard_size, scratch, sampler, {"model": p.model, "steps": p.steps,
-                              "guidance": p.guidance}, state.process_index, state.num_processes)
-    elapsed = time.time() - start
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return
+    # The main process holds the scratch folder (a lock) for the whole run, so a concurrent run with
+    # other params never deletes it; it is removed once the output is in place.
+    with claim_scratch(paths.scratch, key, owner=state.is_main_process) as scratch:
+        state.wait_for_everyone()
+        sampler = load_sampler(p, device)
+        start = time.time()
+        written = generate_shards(manifest, p.shard_size, scratch, sampler, {"model": p.model, "steps": p.steps,
+                                  "guidance": p.guidance}, state.process_index, state.num_processes)
+        elapsed = time.time() - start
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return
 
-    # 2. Output: the shards plus manifest.jsonl (id, source_id, caption, index, seed, shard).
-    ranges = shard_ranges(len(manifest), p.shard_size)
-    shard_of = {i: shard_name(k) for k, r in enumerate(ranges) for i in r}
-    with atomic_dir(paths.generated) as tmp:
-        names = collect_shards(scratch, manifest, p.shard_size, tmp / "shards")
-        write_jsonl(tmp / "manifest.jsonl", [{**it, "shard": f"shards/{shard_of[it['index']]}"} for it in manifest])
-    import shutil
-
-    shutil.rmtree(scratch, ignore_errors=True)
+        # 2. Output: the shards plus manifest.jsonl (id, source_id, caption, index, seed, shard).
+        ranges = shard_ranges(len(manifest), p.shard_size)
+        shard_of = {i: shard_name(k) for k, r in enumerate(ranges) for i in r}
+        with atomic_dir(paths.generated) as tmp:
+            names = collect_shards(scratch, manifest, p.shard_size, tmp / "shards")
+            write_jsonl(tmp / "manifest.jsonl", [{**it, "shard": f"shards/{shard_of[it['index']]}"} for it in manifest])
 
     # 3. Metrics hold results only; timings go to stats (they differ between identical runs).
     write_json(paths.metrics / "generate.json", {
@@ -140,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(launch(main, "stages.generate"))  # params `launcher`: one process, or one per GPU

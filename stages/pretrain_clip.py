@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 
 from gmail.core.cli import offline, run, stage_parser
-from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.config import check_lr, check_param, get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.io import atomic_dir, write_json
 from gmail.data.records import load_split_images, read_split
 from gmail.eval.zeroshot import attribute_accuracies, caption_retrieval_r1
@@ -23,6 +23,13 @@ class ClipParams:
     batch_size: int
     lr: float
     device: str
+
+    def validate(self, name):
+        file = "pretrain/params.yaml"
+        for key in ("image_size", "embed_dim", "steps"):
+            check_param(getattr(self, key) >= 1, f"{name}.{key}", getattr(self, key), "positive", file)
+        check_param(self.batch_size >= 2, f"{name}.batch_size", self.batch_size, "at least 2 (a contrastive batch)", file)
+        check_lr(f"{name}.lr", self.lr, file)
 
 
 def embed_references(records, device):

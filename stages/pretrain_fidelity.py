@@ -14,12 +14,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gmail.core.cli import offline, run, stage_parser
-from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.config import check_param, get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_file, write_json
 from gmail.data.records import load_split_images, read_split
 from gmail.eval.zeroshot import attribute_accuracies
-from gmail.generation.mini_diffusion import FAMILIES
+from gmail.generation.mini_diffusion import FAMILIES, TRAIN_TIMESTEPS
 from gmail.generation.mini_sampling import mini_images
 from gmail.models.image_tower import encode_images
 from gmail.models.mini_clip import load_mini_clip
@@ -32,6 +32,13 @@ class FidelityParams:
     guidance: float
     batch_size: int
     device: str
+
+    def validate(self, name):
+        file = "pretrain/params.yaml"
+        # The models' schedulers have TRAIN_TIMESTEPS timesteps; DDIM takes no more steps than that.
+        check_param(1 <= self.steps <= TRAIN_TIMESTEPS, f"{name}.steps", self.steps, f"in [1, {TRAIN_TIMESTEPS}]", file)
+        check_param(0 <= self.guidance <= 50, f"{name}.guidance", self.guidance, "in [0, 50] (as gen.guidance)", file)
+        check_param(self.batch_size >= 1, f"{name}.batch_size", self.batch_size, "positive", file)
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from gmail.core.cli import offline, run, stage_parser
-from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.config import check_lr, check_param, get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json
 from gmail.data.records import load_split_images, read_split
@@ -29,6 +29,12 @@ class TrainParams:
     def validate(self, name):
         if self.steps < 1 or self.batch_size < 1:
             raise PipelineError(f"{name}.steps and {name}.batch_size must be positive: fix pretrain/params.yaml")
+        file = "pretrain/params.yaml"
+        check_lr(f"{name}.lr", self.lr, file)
+        check_param(self.warmup >= 1, f"{name}.warmup", self.warmup, "a positive number of steps (the lr ramps up over them)", file)
+        check_param(0 <= self.ema_decay < 1, f"{name}.ema_decay", self.ema_decay, "in [0, 1) (e.g. 0.999)", file)
+        check_param(0 <= self.p_uncond < 1, f"{name}.p_uncond", self.p_uncond, "in [0, 1) (a caption-dropout probability)", file)
+        check_param(self.max_minutes >= 0, f"{name}.max_minutes", self.max_minutes, ">= 0 (0 = no time limit)", file)
 
 
 def main(argv=None):

@@ -41,13 +41,13 @@ def _questions_per_image(records: list[dict], split: str) -> list[list[tuple[str
 
 def main(argv=None):
     parser = stage_parser(__doc__)
-    parser.add_argument("--variant", required=True, help="a key of params.yaml `llm.variants`")
+    parser.add_stage_key("--variant", help="a key of params.yaml `llm.variants`")
     args = parser.parse_args(argv)
-    offline()
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
     p = section(params.get("llm"), LlmParams, "llm")
+    offline("mini" if p.model.llm == "smollm2" else "paper")  # mini: never the network; a hub LLM: as the environment says
     v = p.variant(args.variant)
     paths = get_paths(params, "captions", "embeddings", "llm", "plots", "stats")
     device, dtype = pick_device(p.device), torch_dtype(p.dtype)

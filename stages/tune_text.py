@@ -26,9 +26,8 @@ from gmail.viz.curves import write_loss_curve
 
 def main(argv=None):
     parser = stage_parser(__doc__)
-    parser.add_argument("--row", required=True, help="a key of params.yaml `variants` (e.g. synthetic, gmail, real)")
+    parser.add_stage_key("--row", help="a key of params.yaml `variants` (e.g. synthetic, gmail, real)")
     args = parser.parse_args(argv)
-    offline()
     start = time.perf_counter()
     params = load_params(args.params)
     seed = get_seed(params)
@@ -38,6 +37,7 @@ def main(argv=None):
     v = section(variants[args.row], VariantParams, f"variants.{args.row}")
     p = section(params.get("tune_text"), TuneTextParams, "tune_text")
     enc = section(params.get("encoder"), EncoderParams, "encoder")
+    offline(enc.scale)  # mini: never the network; paper: as the environment says
     heldout = section(params.get("align"), AlignParams, "align").heldout
     paths = get_paths(params, "captions", "embeddings", "text_towers", "plots", "stats")
     device = pick_device(p.device)

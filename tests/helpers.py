@@ -128,3 +128,12 @@ def assert_one_line_error(proc, *fragments: str, status: int = 2) -> str:
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def tmp_inside(ws: Path, tmp_path: Path) -> Path:
+    """A fresh folder for one test's outputs inside the workspace `ws` (use it instead of pytest's
+    `tmp_path`): stages write only inside their working directory (`check_output_path`), so a
+    stage run in a shared workspace cannot put its outputs in `tmp_path`."""
+    path = Path(ws) / "tests-tmp" / tmp_path.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -21,7 +21,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gmail", "stages")
 PIPELINES = ("dvc.yaml", "pretrain/dvc.yaml", "llm/dvc.yaml")
-_CMD = re.compile(r"(?:python|\$\{launcher\}) -m (stages\.\w+)")  # ${launcher}: python or accelerate launch
+# Every stage command is `python -m stages.<name> --params <file>`, plus `--family ${item}` in pretrain/dvc.yaml
+# whose items are written in that file: no params value reaches a command line (a foreach stage reads its key
+# from DVC_STAGE, gmail/core/cli.py; generate and align read `launcher` themselves, gmail/core/launch.py).
+_CMD = re.compile(r"python -m (stages\.\w+) --params [\w/.]+\.yaml(?: --family \$\{item\})?")
 
 
 def module_path(name: str, root: Path = ROOT) -> Path | None:
@@ -82,9 +85,9 @@ def pipeline_stages(root: Path = ROOT) -> dict[str, tuple[str, str, list]]:
         spec = yaml.safe_load((root / pipeline).read_text())
         for name, stage in spec["stages"].items():
             body = stage.get("do", stage)
-            match = _CMD.search(body["cmd"])
+            match = _CMD.fullmatch(body["cmd"])
             if not match:
-                raise ValueError(f"{pipeline}:{name} runs {body['cmd']!r}, not `python -m stages.<name>`: teach _CMD its form")
+                raise ValueError(f"{pipeline}:{name} runs {body['cmd']!r}, not `python -m stages.<name> --params <file>`: a command holds no params value (see _CMD)")
             out[f"{pipeline}:{name}"] = (pipeline, match.group(1), list(body.get("deps", [])))
     return out
 

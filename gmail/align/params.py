@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from gmail.core.config import check_lr, check_param
 from gmail.core.errors import PipelineError
 
 LAYERS = ("head", "all")
@@ -40,3 +41,5 @@ class AlignParams:
         if self.steps < 0 or self.batch_size < 1 or self.restart_steps < 1 or self.heldout < 0 or self.tau <= 0 or self.noise_size < 1:
             raise PipelineError(f"{name}: steps must be >= 0 (0 = alignment off), batch_size, restart_steps and "
                                 "noise_size positive, heldout >= 0 and tau > 0: fix params.yaml")
+        check_lr(f"{name}.lr", self.lr)
+        check_param(self.weight_decay >= 0, f"{name}.weight_decay", self.weight_decay, ">= 0")

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from gmail.align.lora import add_lora, base_model
 from gmail.align.loss import gmail_loss
-from gmail.core.errors import PipelineError
+from gmail.core.errors import PipelineError, check_loss
 from gmail.models.image_tower import head_embeddings, images_to_tensor, trunk_features
 
 
@@ -99,6 +99,9 @@ def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tenso
     DistributedDataParallel): every process draws the same batch, embeds its share of the rows
     (rank::world) and scores them against all of the batch's real embeddings, with its loss
     scaled so that DDP's gradient average equals the one-process gradient of the batch mean.
+
+    A NaN or infinite loss stops training with a PipelineError (every rank sees the same
+    all-reduced loss, so all of them stop), before anything is saved.
     """
     from tqdm.auto import tqdm
 
@@ -126,5 +129,6 @@ def train_alignment(f_g: nn.Module, generated: torch.Tensor, z_real: torch.Tenso
         total = loss_sum.detach()
         if world > 1:
             torch.distributed.all_reduce(total)
-        losses.append(total.item() / len(idx))
+        # .item() syncs every step anyway (the loss curve), so checking it costs nothing.
+        losses.append(check_loss(total.item() / len(idx), "alignment", len(losses) + 1, f"lower align.lr (now {lr:g})"))
     return losses

@@ -8,6 +8,8 @@ One source of truth: a params dataclass has no default for a key its params file
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import random
 import types
@@ -31,7 +33,66 @@ def load_params(path: str | os.PathLike) -> dict:
         raise PipelineError(f"params file {path} is not valid YAML ({exc.__class__.__name__}): fix its syntax") from exc
     if not isinstance(params, dict):
         raise PipelineError(f"params file {path} must hold a mapping of sections: see params.yaml")
+    check_sections(params, path)
+    check_keys(params)
     return params
+
+
+def check_keys(params: dict) -> None:
+    """Every params name that dvc.yaml turns into a stage name (`caption@<variant>`), a folder
+    name and the stage's key must be letters, digits, `_` and `-` only: `variants` and
+    `llm.variants` keys, `tune_text.rows` items, `llm.benchmarks` keys. Anything else (`..`,
+    `a;b`, a space) is a one-line PipelineError naming it; malformed sections are left to `section`."""
+    import re
+
+    tune_text, llm = params.get("tune_text"), params.get("llm")
+    named = {"variants": params.get("variants"),
+             "tune_text.rows": tune_text.get("rows") if isinstance(tune_text, dict) else None,
+             "llm.variants": llm.get("variants") if isinstance(llm, dict) else None,
+             "llm.benchmarks": llm.get("benchmarks") if isinstance(llm, dict) else None}
+    for where, entries in named.items():
+        if not isinstance(entries, (dict, list)):
+            continue
+        for name in entries:
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise PipelineError(f"params {where} has the name {name!r}, which dvc.yaml makes a stage name and a folder "
+                                    "name: rename it with letters, digits, _ and - only")
+
+
+# The top-level sections each kind of params file may hold: what the stages read (`section`,
+# `get_seed`, `get_paths`, `variants` entries) and `launcher` (gmail/core/launch.py). A section
+# nobody reads is almost always a misspelling (`aling:`) whose values would be silently ignored.
+COMMON_SECTIONS = ("seed", "paths")
+MAIN_SECTIONS = ("launcher", "data", "gen", "encoder", "align", "variants", "caption", "eval_caption", "eval_vqa",
+                 "tune_text", "eval_retrieval", "eval_zeroshot", "eval_long_retrieval", "llm")  # params.yaml
+PRETRAIN_SECTIONS = ("clip", "generator", "sd2", "flux", "fidelity")  # pretrain/params.yaml
+
+
+def check_sections(params: dict, path: str | os.PathLike = "params.yaml") -> None:
+    """Reject a top-level section no stage reads, naming the nearest known one.
+
+    The file's kind (params.yaml or pretrain/params.yaml) is the one whose own sections it holds
+    more of; a file holding neither kind's (only `seed` / `paths`, or nothing but misspellings)
+    is checked against both.
+    """
+    main = sum(k in MAIN_SECTIONS for k in params)
+    pretrain = sum(k in PRETRAIN_SECTIONS for k in params)
+    kinds = {"params.yaml": MAIN_SECTIONS, "pretrain/params.yaml": PRETRAIN_SECTIONS}
+    if main > pretrain:
+        kinds.pop("pretrain/params.yaml")
+    elif pretrain > main:
+        kinds.pop("params.yaml")
+    known = [*COMMON_SECTIONS, *(s for sections in kinds.values() for s in sections)]
+    for name in params:
+        if name in known:
+            continue
+        other = [kind for kind, sections in {"params.yaml": MAIN_SECTIONS, "pretrain/params.yaml": PRETRAIN_SECTIONS}.items()
+                 if name in sections]
+        if other:
+            raise PipelineError(f"params section {name!r} in {path} belongs in {other[0]}, not in this file: move or remove it")
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"remove it or use one of {', '.join(known)}"
+        raise PipelineError(f"unknown params section {name!r} in {path}: {hint}")
 
 
 def _coerce(value, typ, where: str):
@@ -70,6 +131,10 @@ def _coerce(value, typ, where: str):
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PipelineError(f"params key {where} must be a number, got {value!r}: fix params.yaml")
+        # YAML's .nan / .inf parse as floats; no setting here means anything by them (a NaN
+        # learning rate trains to NaN weights, an infinite guidance gives black images).
+        if not math.isfinite(value):
+            raise PipelineError(f"params key {where} must be a finite number, got {value!r}: fix params.yaml")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
@@ -101,13 +166,33 @@ def section(raw, cls, name: str):
     return obj
 
 
+# No optimiser in this project trains at a learning rate above 1 (AdamW's here are 1e-5 .. 1e-2);
+# a larger value is a typo (1e6 for 1e-6) that would only diverge.
+MAX_LR = 1.0
+
+
+def check_param(ok: bool, key: str, value, rule: str, file: str = "params.yaml") -> None:
+    """Unless `ok`: PipelineError `params key <key>=<value> must be <rule>: fix <file>`."""
+    if not ok:
+        raise PipelineError(f"params key {key}={value!r} must be {rule}: fix {file}")
+
+
+def check_lr(key: str, value: float, file: str = "params.yaml") -> None:
+    """A learning rate in (0, MAX_LR]."""
+    check_param(0 < value <= MAX_LR, key, value, f"in (0, {MAX_LR:g}] (AdamW learning rates are ~1e-5 to 1e-2)", file)
+
+
 def get_paths(params: dict, *keys: str) -> types.SimpleNamespace:
     """The `paths` entries a stage reads, as `Path`s by attribute (`paths.captions`).
 
     Every file and folder a pipeline reads or writes is written once, in its params file's
     `paths` section; `dvc.yaml` refers to the same entries as `${paths.<key>}`. A missing or
-    non-string entry is a PipelineError naming it.
+    non-string entry is a PipelineError naming it, and so is one that does not resolve strictly
+    inside the working directory (the repository root, where DVC runs stages) or lies in
+    `.git`, `.dvc` or `.venv` (`gmail.core.io.check_output_path`).
     """
+    from gmail.core.io import check_output_path
+
     raw = params.get("paths")
     if not isinstance(raw, dict):
         raise PipelineError("params section paths is missing or not a mapping: add it (see params.yaml)")
@@ -116,6 +201,9 @@ def get_paths(params: dict, *keys: str) -> types.SimpleNamespace:
         value = raw.get(key)
         if not isinstance(value, str) or not value.strip():
             raise PipelineError(f"params key paths.{key} must be a non-empty path, got {value!r}: fix params.yaml")
+        # Every entry is some stage's output, which is replaced as a whole: `.`, `..` or `.git`
+        # here once deleted the workspace.
+        check_output_path(value, f"params key paths.{key} ({value!r})")
         out[key] = Path(value)
     return types.SimpleNamespace(**out)
 

@@ -299,8 +299,9 @@ def read_webdataset(tar_paths: PathLike | Iterable[PathLike], out_image_dir: Pat
     shard reads cleanly. Samples without an image are skipped; an image without a caption is
     a PipelineError naming shard and key. `image_id` is the key.
     """
-    # Plain tarfile instead of the `webdataset` package: it is not a dependency of this
-    # project, and grouping members by key prefix is all these shards need.
+    # Plain tarfile instead of the `webdataset` package: grouping members by key prefix is all
+    # these shards need, and opening each file by path means a name such as `pipe:cmd` is only
+    # ever a file name (webdataset would run it as a shell command).
     shards = _shard_list(tar_paths)
     out_dir = Path(out_image_dir)
     records: list[dict] = []

@@ -10,48 +10,72 @@ from pathlib import Path
 import numpy as np
 
 from gmail.core.errors import PipelineError
-from gmail.core.io import load_image, read_jsonl
+from gmail.core.io import iter_jsonl, load_image
 
 
-def validate_records(records: list[dict], source: str) -> list[dict]:
+def validate_records(records: list[dict], source: str, lines: list[int] | None = None) -> list[dict]:
     """Check reader output and return it unchanged.
 
-    Raises PipelineError when there are no records, a record has no captions or an empty
-    caption, or an image id appears twice; `source` names the dataset in the message.
+    Raises PipelineError when there are no records, an image id is not a non-empty string or
+    appears twice, or `captions` is not a non-empty list of non-empty strings (a bare string
+    would otherwise be read one letter a caption). `source` names the dataset in the message;
+    `lines`, the line of each record in a JSONL `source`, makes it `source:line`.
     """
     if not records:
         raise PipelineError(f"no images with captions in {source}: check the path, split or filters")
     seen: set[str] = set()
-    for rec in records:
+    for i, rec in enumerate(records):
+        where = f"{source}:{lines[i]}" if lines is not None else source
         image_id = rec["image_id"]
+        if not isinstance(image_id, str) or not image_id:
+            raise PipelineError(f"{where}: image id {image_id!r} is not a non-empty string: fix or remove that record")
         if image_id in seen:
             raise PipelineError(
-                f"duplicate image id {image_id!r} in {source}: remove the repeated entry or merge its captions"
+                f"duplicate image id {image_id!r} in {where}: remove the repeated entry or merge its captions"
             )
         seen.add(image_id)
         captions = rec["captions"]
+        if not isinstance(captions, list):
+            raise PipelineError(f"image {image_id!r} in {where} has captions {_short(captions)}, "
+                                f"{_json_kind(captions)}, not a list of captions: write them as [\"caption\", ...]")
         if not captions:
-            raise PipelineError(f"image {image_id!r} in {source} has no captions: remove the image or add a caption")
+            raise PipelineError(f"image {image_id!r} in {where} has no captions: remove the image or add a caption")
         for caption in captions:
             if not isinstance(caption, str):
                 raise PipelineError(
-                    f"image {image_id!r} in {source} has a non-text caption {caption!r}: fix or remove it"
+                    f"image {image_id!r} in {where} has a non-text caption {_short(caption)}: fix or remove it"
                 )
             if not caption.strip():
-                raise PipelineError(f"image {image_id!r} in {source} has an empty caption: remove it or fill it in")
+                raise PipelineError(f"image {image_id!r} in {where} has an empty caption: remove it or fill it in")
     return records
 
 
+def _json_kind(value) -> str:
+    return {str: "a string", dict: "an object", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_split(jsonl: str | os.PathLike) -> list[dict]:
-    """Records of one split with `path` resolved to an absolute path; validated."""
+    """Records of one split with `path` resolved to an absolute path; validated, and a bad
+    record named by its line."""
     jsonl = Path(jsonl)
-    records = read_jsonl(jsonl)
-    for rec in records:
+    lines, records = [], []
+    for lineno, rec in iter_jsonl(jsonl):
         missing = [k for k in ("image_id", "path", "captions") if k not in rec]
         if missing:
-            raise PipelineError(f"{jsonl}: record {rec.get('image_id', '?')} lacks {missing[0]!r}: regenerate it with the captions stage")
+            raise PipelineError(f"{jsonl}:{lineno}: record {rec.get('image_id', '?')} lacks {missing[0]!r}: "
+                                "regenerate it with the captions stage")
+        if not isinstance(rec["path"], str) or not rec["path"]:
+            raise PipelineError(f"{jsonl}:{lineno}: record {rec['image_id']!r} has path {_short(rec['path'])}, "
+                                "not a file name: regenerate it with the captions stage")
         rec["path"] = str((jsonl.parent / rec["path"]).resolve()) if not os.path.isabs(rec["path"]) else rec["path"]
-    validate_records(records, str(jsonl))
+        lines.append(lineno)
+        records.append(rec)
+    validate_records(records, str(jsonl), lines)
     return records
 
 

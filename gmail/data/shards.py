@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -98,33 +99,69 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
 def read_shards(shards: Iterable[str | os.PathLike], size: int | None = None) -> Iterator[tuple[dict, np.ndarray]]:
     """(metadata, (H, W, 3) uint8 image) for every item of `shards`, in order, one at a time.
 
-    Reads through webdataset (no shuffling), so memory stays at one shard's read buffer however
+    Each shard is read front to back as a stream, so memory stays at one item's files however
     many shards there are; `size` resizes each image (bicubic) as `gmail.core.io.load_image` does.
+    A shard that is missing, empty, not a tar file or holds an item without a readable PNG or
+    JSON object is a PipelineError naming the shard.
     """
-    import webdataset as wds
-
-    urls = [str(Path(s)) for s in shards]
-    if not urls:
-        return
-    missing = [u for u in urls if not Path(u).is_file()]
+    shards = [Path(s) for s in shards]
+    missing = [s for s in shards if not s.is_file()]
     if missing:
         raise PipelineError(f"shard {missing[0]} not found: rerun `dvc repro generate`")
-    # Every shard, in order, in whichever process calls this: the callers split work themselves
-    # (no node or worker splitting, which webdataset would otherwise apply under torchrun).
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
-    for sample in dataset:
-        key = sample.get("__key__", "?")
-        if "png" not in sample or "json" not in sample:
-            raise PipelineError(f"shard {sample.get('__url__', '?')}: item {key} lacks its png or json: rerun `dvc repro generate`")
-        meta = json.loads(sample["json"])
-        try:
-            image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
-        except OSError as exc:
-            raise PipelineError(f"shard {sample.get('__url__', '?')}: item {key} is not a readable PNG ({exc}): "
-                                "rerun `dvc repro generate`") from exc
-        if size is not None and image.size != (size, size):
-            image = image.resize((size, size), Image.BICUBIC)
-        yield meta, np.asarray(image)
+    for shard in shards:
+        for key, files in _shard_items(shard):
+            yield _decode_item(shard, key, files, size)
+
+
+def _shard_items(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of each item of a tar shard, grouping consecutive members by key.
+
+    The file is opened here, by path, rather than handed to webdataset: webdataset treats a
+    name starting with `pipe:` as a shell command, and a folder may be called anything.
+    """
+    key, files = None, {}
+    try:
+        # "r|": a stream, read once front to back; never random access or a member index.
+        with open(shard, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                # write_shard names members `<id>.<ext>` with ext png/txt/json; splitting at the
+                # last dot keeps ids that contain dots whole.
+                stem, dot, ext = member.name.rpartition(".")
+                if not dot:
+                    continue
+                if stem != key:
+                    if key is not None:
+                        yield key, files
+                    key, files = stem, {}
+                files[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise PipelineError(f"shard {shard} is not a readable tar file ({exc or exc.__class__.__name__}): "
+                            "delete it and rerun `dvc repro generate`") from exc
+    if key is not None:
+        yield key, files
+
+
+def _decode_item(shard: Path, key: str, files: dict[str, bytes], size: int | None) -> tuple[dict, np.ndarray]:
+    """(metadata, image) of one shard item, each checked."""
+    fix = "delete the shard and rerun `dvc repro generate`"
+    if "png" not in files or "json" not in files:
+        raise PipelineError(f"shard {shard}: item {key} lacks its png or json: {fix}")
+    try:
+        meta = json.loads(files["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"shard {shard}: {key}.json is not valid UTF-8 JSON ({exc.__class__.__name__}): {fix}") from exc
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("id", "caption")):
+        raise PipelineError(f"shard {shard}: {key}.json is not an object with text 'id' and 'caption': {fix}")
+    try:
+        with Image.open(io.BytesIO(files["png"])) as im:
+            image = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PipelineError(f"shard {shard}: item {key} is not a readable PNG ({exc.__class__.__name__}): {fix}") from exc
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return meta, np.asarray(image)
 
 
 def batched(samples: Iterable[tuple[dict, np.ndarray]], batch_size: int) -> Iterator[tuple[list[dict], np.ndarray]]:

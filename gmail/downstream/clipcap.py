@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gmail.core.errors import PipelineError
+from gmail.core.config import check_param
+from gmail.core.errors import PipelineError, check_loss
 from gmail.core.io import atomic_file
 
 CONFIG_NAME = "clipcap.json"
@@ -42,6 +44,13 @@ class ClipCapConfig:
     max_length: int       # max caption tokens (train truncation and generation)
     compact_vocab: bool   # mini only; ignored (full vocab) when decoder != "scratch"
     dropout: float        # scratch decoder's residual/embedding/attention dropout (GPT-2's is 0.1)
+
+    def validate(self, name):
+        for key in ("prefix_length", "prefix_hidden", "n_layer", "n_embd", "n_head", "max_length"):
+            check_param(getattr(self, key) >= 1, f"{name}.{key}", getattr(self, key), "positive")
+        if self.decoder == "scratch":  # a pretrained decoder brings its own sizes
+            check_param(self.n_embd % self.n_head == 0, f"{name}.n_embd", self.n_embd, f"a multiple of n_head ({self.n_head})")
+        check_param(0 <= self.dropout < 1, f"{name}.dropout", self.dropout, "in [0, 1) (GPT-2's: 0.1)")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -126,6 +135,10 @@ class ClipCap(nn.Module):
     def encode(self, captions: list[str], tokenizer) -> list[list[int]]:
         """Decoder ids of each caption, truncated to `max_length`, followed by end-of-text."""
         ids = _tokenize(tokenizer, captions)
+        cut = sum(len(row) > self.config.max_length for row in ids)
+        if cut:
+            print(f"warning: {cut} captions longer than {self.config.max_length} GPT-2 tokens were cut to "
+                  f"{self.config.max_length}", file=sys.stderr)
         out = []
         for caption, row in zip(captions, ids):
             row = row[: self.config.max_length]
@@ -277,6 +290,7 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
     `validation=(embeddings, captions)` of images kept out of training, `steps` is a cap: the
     validation loss is checked every `eval_every` steps, training stops after `patience`
     checks without improvement, and the weights of the best check are restored (early stopping).
+    A NaN or infinite training loss stops training with a PipelineError.
     """
     from tqdm.auto import tqdm
 
@@ -318,7 +332,7 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        log.losses.append(loss.item())
+        log.losses.append(check_loss(loss.item(), "ClipCap", step, f"lower caption.lr (now {lr:g})"))
         if validation is not None and (step % eval_every == 0 or step == steps):
             val = validation_loss(model, validation[0], validation[1], tokenizer, device=device)
             log.val_steps.append(step)

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gmail.core.config import section
-from gmail.core.errors import PipelineError
+from gmail.core.config import check_lr, check_param, section, torch_dtype
+from gmail.core.errors import PipelineError, check_loss
 
 IMAGE_MARKER = "<image>"
 IGNORE_INDEX = -100
@@ -89,6 +89,8 @@ class LlavaConfig:
             raise PipelineError(f"{name}: image_tokens and max_answer_tokens must be >= 1 and lora_rank >= 0: fix params.yaml")
         if self.lora_rank and not self.lora_targets:
             raise PipelineError(f"{name}.lora_targets is empty but lora_rank={self.lora_rank}: list the LLM layers to adapt")
+        check_param(self.lora_alpha > 0, f"{name}.lora_alpha", self.lora_alpha, "positive (LoRA's scale is alpha / rank)")
+        check_param(0 <= self.lora_dropout < 1, f"{name}.lora_dropout", self.lora_dropout, "in [0, 1)")
 
 
 @dataclass
@@ -120,6 +122,10 @@ class LlmParams:
             raise PipelineError(f"{name}.seeds, steps, batch_size and generate_batch_size must be positive: fix params.yaml")
         if not 0 <= self.vqa_fraction < 1 or self.vqa_test_questions < 0:
             raise PipelineError(f"{name}.vqa_fraction must be in [0, 1) and vqa_test_questions >= 0: fix params.yaml")
+        check_lr(f"{name}.lr", self.lr)
+        check_lr(f"{name}.lr_projection", self.lr_projection)
+        check_param(self.weight_decay >= 0, f"{name}.weight_decay", self.weight_decay, ">= 0")
+        torch_dtype(self.dtype)
         if not self.variants:
             raise PipelineError(f"{name}.variants is empty: define at least one LLM variant (see params.yaml)")
         for v in self.variants:
@@ -360,7 +366,7 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
     CAPTION_PROMPTS and a random reference; images are drawn uniformly over all `sets`. AdamW
     (LoRA at `lr`, connectors at `lr_projection`, as LLaVA trains its projector faster), linear
     warm-up then cosine decay, gradient clipping at 1. `dtype` bfloat16 runs the forward pass
-    under autocast (weights and optimiser stay float32).
+    under autocast (weights and optimiser stay float32). A NaN or infinite loss is a PipelineError.
     """
     from tqdm.auto import tqdm
 
@@ -425,7 +431,8 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        log.losses.append(loss.item())
+        log.losses.append(check_loss(loss.item(), "LLaVA", step + 1,
+                                     f"lower llm.lr (now {lr:g}) or llm.lr_projection (now {lr_projection:g})"))
         if step % 10 == 9:
             bar.set_postfix(loss=f"{sum(log.losses[-10:]) / 10:.3f}")
     model.eval()

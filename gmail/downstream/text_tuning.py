@@ -30,9 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gmail.core.errors import PipelineError
+from gmail.core.config import check_lr, check_param
+from gmail.core.errors import PipelineError, check_loss
 from gmail.eval.seeds import summarise_seeds
 from gmail.models.mini_clip import clip_loss
+from gmail.models.text import warn_cut_captions
 
 ROW_CLIP = "clip"  # the untuned text tower: always reported, never trained
 WEIGHTS, INFO = "text.safetensors", "text.json"
@@ -59,6 +61,8 @@ class TuneTextParams:
             raise PipelineError(f"{name}.rows lists a row twice ({', '.join(self.rows)}): list each once")
         if ROW_CLIP in self.rows:
             raise PipelineError(f"{name}.rows holds {ROW_CLIP!r}, the untuned tower every evaluation reports anyway: drop it")
+        check_lr(f"{name}.lr", self.lr)
+        check_param(self.weight_decay >= 0, f"{name}.weight_decay", self.weight_decay, ">= 0")
 
     def seed_list(self, seed: int) -> list[int]:
         """The seeds of the tuned towers: `seed` .. `seed + seeds - 1`."""
@@ -106,8 +110,14 @@ class OpenClipTextTower(nn.Module):
         return self.model.logit_scale
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """(N, context_length) BPE token ids (open_clip truncates longer texts, as CLIP does)."""
-        return self._tokenizer(list(texts))
+        """(N, context_length) BPE token ids (open_clip truncates longer texts, as CLIP does; one
+        stderr warning counts the captions cut)."""
+        texts = list(texts)
+        limit = getattr(self._tokenizer, "context_length", None)
+        if limit and hasattr(self._tokenizer, "encode"):  # open_clip's BPE tokenizer; its ids exclude start/end
+            unique = set(texts)
+            warn_cut_captions(texts, {t for t in unique if len(self._tokenizer.encode(t)) > limit - 2}, limit, "CLIP")
+        return self._tokenizer(texts)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
@@ -186,7 +196,7 @@ def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: 
 
     Each step draws `batch_size` images without replacement (seeded) and one of each image's
     captions; AdamW with cosine annealing and gradient clipping at 1, as the mini CLIP was
-    trained. Returns the loss per step.
+    trained. Returns the loss per step; a NaN or infinite loss is a PipelineError.
     """
     n = len(image_embeddings)
     if n != len(captions.counts):
@@ -204,7 +214,7 @@ def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: 
     # 2. Loop: a random batch of images, one random reference caption each.
     tower.train()
     losses = []
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randperm(n, generator=gen)[:batch_size]
         pick = captions.starts[idx] + (torch.rand(len(idx), generator=gen) * captions.counts[idx]).long()
         z_txt = tower.encode_text(captions.tokens[pick].to(device))
@@ -217,7 +227,7 @@ def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(check_loss(loss.item(), "text tuning", step, f"lower tune_text.lr (now {lr:g})"))
     tower.eval()
     return losses
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gmail.core.errors import PipelineError
+from gmail.core.errors import PipelineError, check_loss
 
 
 @dataclass
@@ -103,7 +103,8 @@ def train_vqa(model: VqaClassifier, data: VqaSet, steps: int, batch_size: int = 
               weight_decay: float = 0.01, seed: int = 0, device: str = "cpu") -> list[float]:
     """Train the classifier for exactly `steps` steps with cross-entropy on (image, question) ->
     answer; AdamW, learning rate decaying from `lr` to 0 on a cosine, batches of `batch_size`
-    questions drawn without replacement at each step. Returns the loss of every step.
+    questions drawn without replacement at each step. Returns the loss of every step; a NaN or
+    infinite loss is a PipelineError.
     """
     # 1. Check inputs.
     if steps < 1 or batch_size < 1:
@@ -121,14 +122,14 @@ def train_vqa(model: VqaClassifier, data: VqaSet, steps: int, batch_size: int = 
 
     # 3. Training loop.
     losses = []
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randperm(len(data), generator=gen)[:batch_size].to(device)
         loss = nn.functional.cross_entropy(model(None if images is None else images[idx], questions[idx]), answers[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(check_loss(loss.item(), "VQA classifier", step, f"lower eval_vqa.lr (now {lr:g})"))
     model.eval()
     return losses
 

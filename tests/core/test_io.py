@@ -18,6 +18,12 @@ class Boom(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _cwd_tmp_path(tmp_path, monkeypatch):
+    # atomic_dir writes only inside the working directory (stages run in the repository root).
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def umask_022():
     old = os.umask(0o022)
@@ -235,3 +241,44 @@ def test_load_images_uint8_stacks(tmp_path):
     assert arr.shape == (2, 8, 8, 3) and arr.dtype == np.uint8
     assert arr[0, 3, 3].tolist() == [255, 0, 0]
     assert arr[1, 3, 3].tolist() == [0, 0, 255]
+
+
+# --------------------------------------------------------------------------- bad JSON / JSONL files
+
+
+def test_read_jsonl_non_utf8_byte_names_file_and_line(tmp_path):
+    target = tmp_path / "r.jsonl"
+    target.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(PipelineError) as info:
+        read_jsonl(target)
+    msg = str(info.value)
+    assert f"{target}:2 is not UTF-8 text (byte 0xe9" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("line, kind", [("[1, 2]", "an array"), ('"text"', "a string"), ("3", "a number"),
+                                        ("null", "null")])
+def test_read_jsonl_line_that_is_not_an_object_names_file_and_line(tmp_path, line, kind):
+    target = tmp_path / "r.jsonl"
+    target.write_text('{"a": 1}\n\n' + line + "\n")
+    with pytest.raises(PipelineError, match=rf"r\.jsonl:3 is {kind}, not a JSON object"):
+        read_jsonl(target)
+
+
+def test_iter_jsonl_gives_line_numbers(tmp_path):
+    from gmail.core.io import iter_jsonl
+
+    target = tmp_path / "r.jsonl"
+    target.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert list(iter_jsonl(target)) == [(1, {"a": 1}), (3, {"a": 2})]
+
+
+def test_read_json_non_utf8_and_malformed_name_the_file(tmp_path):
+    from gmail.core.io import read_json
+
+    target = tmp_path / "x.json"
+    target.write_bytes(b'{\n"a": "\xff"}')
+    with pytest.raises(PipelineError, match=r"x\.json:2 is not UTF-8 text"):
+        read_json(target)
+    target.write_text('{"a": ')
+    with pytest.raises(PipelineError, match=r"x\.json is not valid JSON"):
+        read_json(target)

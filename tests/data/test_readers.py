@@ -26,6 +26,12 @@ from gmail.data.readers import (
 # --------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(autouse=True)
+def _cwd_tmp_path(tmp_path, monkeypatch):
+    # read_webdataset extracts through atomic_dir, which writes only inside the working directory.
+    monkeypatch.chdir(tmp_path)
+
+
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path
@@ -329,3 +335,21 @@ def test_read_source_dispatch(tmp_path):
         read_source("laion")
     with pytest.raises(PipelineError, match="bad parameters for caption source 'coco'"):
         read_source("coco", json_path="x.json", image_root=".", split="train")
+
+
+def test_webdataset_folder_named_like_a_shell_pipe_is_read_as_a_folder(tmp_path, monkeypatch):
+    # The webdataset package would run `touch X;true #/...` for such a path; the reader opens files itself.
+    monkeypatch.chdir(tmp_path)
+    folder = Path("pipe:touch X;true #")
+    folder.mkdir()
+    good_shard(folder / "00000.tar")
+    records = read_webdataset(folder, "images")
+    assert len(records) == 2 and not (tmp_path / "X").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tar" * 100], ids=["zero-byte", "not-tar"])
+def test_webdataset_zero_byte_or_non_tar_shard_names_it(tmp_path, content):
+    bad = tmp_path / "00000.tar"
+    bad.write_bytes(content)
+    with pytest.raises(PipelineError, match=r"00000\.tar is not a readable tar file"):
+        read_webdataset(bad, tmp_path / "images")

@@ -109,3 +109,23 @@ def test_load_split_images(tmp_path):
     with pytest.raises(PipelineError, match="r.png"):
         (tmp_path / "r.png").unlink()
         load_split_images(records)
+
+
+@pytest.mark.parametrize("captions, what", [("redcircle", "captions 'redcircle', a string, not a list"),
+                                            ({"a": "b"}, "an object, not a list"), ([["a"]], "non-text caption"),
+                                            ([""], "empty caption")])
+def test_captions_not_a_list_of_non_empty_strings_names_file_and_line(tmp_path, captions, what):
+    good = {"image_id": "a", "path": "a.png", "captions": ["fine"]}
+    jsonl = _write(tmp_path / "B.jsonl", [good, {"image_id": "b", "path": "b.png", "captions": captions}])
+    with pytest.raises(PipelineError) as info:
+        read_split(jsonl)
+    msg = str(info.value)
+    assert f"{jsonl}:2" in msg and what in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("field, value", [("image_id", 7), ("image_id", ""), ("path", None), ("path", ["a.png"])])
+def test_image_id_and_path_must_be_strings(tmp_path, field, value):
+    row = {"image_id": "a", "path": "a.png", "captions": ["fine"], field: value}
+    jsonl = _write(tmp_path / "B.jsonl", [row])
+    with pytest.raises(PipelineError, match=r"B\.jsonl:1"):
+        read_split(jsonl)

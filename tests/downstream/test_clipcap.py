@@ -248,3 +248,28 @@ def test_per_caption_losses_average_to_the_batch_loss_for_equal_lengths(tokenize
         per = model(_embeddings(2), tok, tok, per_caption=True)
         mean = model(_embeddings(2), tok, tok)
     assert per.shape == (2,) and per.mean() == pytest.approx(float(mean), rel=1e-5)
+
+
+def test_captions_longer_than_max_length_are_cut_with_one_warning(tokenizer, capsys):
+    long = " ".join(["word"] * 10_000)
+    model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS + [long], seed=0)
+    rows = model.encode([CAPTIONS[0], long, long], tokenizer)
+    assert [len(r) for r in rows[1:]] == [TINY["max_length"] + 1] * 2  # cut, then end-of-text
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert warnings == ["warning: 2 captions longer than 16 GPT-2 tokens were cut to 16"]
+
+
+def test_training_stops_on_a_non_finite_loss(tokenizer):
+    model = cc.build_clipcap(cc.ClipCapConfig(**TINY), EMBED, tokenizer, CAPTIONS, seed=0)
+    emb = _embeddings(len(CAPTIONS))
+    emb[1] = float("nan")
+    with pytest.raises(PipelineError, match=r"^ClipCap loss became nan at step 1: lower caption\.lr \(now 0\.002\) or check the inputs$"):
+        cc.train_clipcap(model, emb, [[c] for c in CAPTIONS], tokenizer, steps=3, lr=2e-3, progress=False)
+
+
+def test_clipcap_config_validates_its_sizes():
+    from gmail.core.config import section
+
+    with pytest.raises(PipelineError, match=r"caption\.model\.n_embd=32 must be a multiple of n_head \(3\)"):
+        section({**TINY, "n_head": 3}, cc.ClipCapConfig, "caption.model")
+    assert section({**TINY, "decoder": "gpt2", "n_head": 3}, cc.ClipCapConfig, "caption.model").n_head == 3  # gpt2 brings its own

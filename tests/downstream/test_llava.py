@@ -227,3 +227,15 @@ def test_bad_configuration_is_a_one_line_error(llm_tok):
     for change, message in cases:
         with pytest.raises(PipelineError, match=message):
             section({**raw, **change}, LlmParams, "llm")
+
+
+@pytest.mark.slow
+def test_training_stops_on_a_non_finite_loss(llm_tok):
+    llm, tok = llm_tok
+    model = build_llava(_config(), llm, tok, DIM, "single", seed=0)
+    z = torch.full((2, DIM), float("nan"))
+    sets = [ImageSet("single", z, [["a red circle"], ["a blue square"]], [[], []])]
+    with pytest.raises(PipelineError, match=r"^LLaVA loss became nan at step 1: lower llm\.lr \(now 0\.001\) or "
+                                            r"llm\.lr_projection \(now 0\.01\) or check the inputs$"):
+        train_llava(model, tok, sets, steps=2, batch_size=2, lr=1e-3, lr_projection=1e-2, weight_decay=0.0,
+                    vqa_fraction=0.0, seed=0, progress=False)

@@ -202,3 +202,19 @@ def test_evaluate_rows_scores_clip_once_and_every_seed_of_a_tuned_row(tmp_path):
     assert out["clip"] == {"m": {"mean": pytest.approx(float(base.encode_text(x)[0, 0].detach())), "std": 0.0}}
     assert out["gmail"]["m"]["mean"] == pytest.approx(sum(expected) / 2)
     assert out["gmail"]["m"]["std"] == pytest.approx(abs(expected[0] - expected[1]) / 2)  # population std
+
+
+def test_paper_tokenizer_warns_once_with_the_count_of_cut_captions(tiny_open_clip, capsys):
+    base = tt.load_text_tower("paper", "unused", name="gmail-tiny-text", pretrained=tiny_open_clip)
+    capsys.readouterr()
+    base.tokenize(["a cat", "a cat on a mat with a hat and a bat and a rat", "dog " * 1000])
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert warnings == ["warning: 2 captions longer than 8 CLIP tokens were cut to 8"]
+
+
+def test_tuning_stops_on_a_non_finite_loss():
+    tower = mini_tower()
+    z = image_side()
+    z[0] = float("inf")
+    with pytest.raises(PipelineError, match=r"^text tuning loss became nan at step 1: lower tune_text\.lr \(now 0\.0001\) or check the inputs$"):
+        tt.tune_text_tower(tower, z, tt.tokenize_captions(tower, CAPTIONS), steps=3, batch_size=6, lr=1e-4, weight_decay=0.0, seed=0)

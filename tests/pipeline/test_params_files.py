@@ -4,13 +4,15 @@ no dataclass default can stand in for a key the file sets (one source of truth).
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import MAIN_PARAMS, PRETRAIN_PARAMS, params_dict
 
 from gmail.align.params import AlignParams
-from gmail.core.config import get_paths, get_seed, load_params, section
+from gmail.core.config import check_keys, get_paths, get_seed, load_params, section
 from gmail.core.errors import PipelineError
 from gmail.downstream.llava import LlmParams
 from gmail.downstream.text_tuning import TuneTextParams
@@ -58,7 +60,7 @@ def _check_section(raw: dict, cls, name: str):
 def test_every_section_parses_with_the_files_values(path, parsers):
     params = load_params(path)
     assert set(params) == set(parsers) | (SPECIAL | {"launcher"} if path == MAIN_PARAMS else SPECIAL - {"variants"})
-    if path == MAIN_PARAMS:  # dvc.yaml's `${launcher} -m stages.<name>`: a plain run by default
+    if path == MAIN_PARAMS:  # how generate / align start (gmail/core/launch.py): a plain run by default
         assert params["launcher"] == "python"
     assert get_seed(params) >= 0
     paths = vars(get_paths(params, *params["paths"]))
@@ -117,3 +119,38 @@ def test_paths_errors_name_the_key():
         get_paths(params, "nowhere")
     with pytest.raises(PipelineError, match="section paths"):
         get_paths({"seed": 0}, "captions")
+
+
+def _stage_names(params: dict) -> list:
+    llm = params.get("llm", {})
+    return [*params.get("variants", {}), *params.get("tune_text", {}).get("rows", []), *llm.get("variants", {}),
+            *llm.get("benchmarks", {})]
+
+
+@pytest.mark.parametrize("path", [MAIN_PARAMS, PRETRAIN_PARAMS], ids=["params.yaml", "pretrain"])
+def test_names_that_become_stage_names_are_plain(path):
+    """dvc.yaml makes `caption@<variant>`, `tune_text@<row>`, `train_llm@<variant>` and
+    `bench_llm@<benchmark>` from these names, and folders named after them."""
+    params = load_params(path)  # which runs check_keys
+    check_keys(params)
+    assert all(isinstance(n, str) and re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in _stage_names(params))
+    if path == MAIN_PARAMS:
+        assert len(_stage_names(params)) >= 12
+
+
+@pytest.mark.parametrize("where", ["variants", "tune_text.rows", "llm.variants", "llm.benchmarks"])
+@pytest.mark.parametrize("name", ["real;touch X;#", "..", "a b", "", 3])
+def test_a_name_that_is_not_plain_fails_at_load(where, name, tmp_path):
+    params = params_dict(MAIN_PARAMS)
+    section_name, _, key = where.rpartition(".")
+    holder = params[section_name] if section_name else params
+    key = key or where
+    if isinstance(holder[key], list):
+        holder[key] = [*holder[key], name]
+    else:
+        holder[key] = {**holder[key], name: {}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(PipelineError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"params {where} has the name {name!r}") and "\n" not in str(info.value)

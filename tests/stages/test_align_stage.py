@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_params
+from helpers import tmp_inside, write_params
 
 from gmail.core.cli import run
 from stages import align, encode
@@ -128,6 +128,7 @@ def test_mismatched_pairs_missing_clip_missing_embeddings_and_bad_source_are_err
                                                                                    capsys, tmp_path):
     ws = embedded_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     short = tmp_path / "gen"
     short.mkdir()
     lines = (ws / "data/generated/manifest.jsonl").read_text().splitlines()[:-1]

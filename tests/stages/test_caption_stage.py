@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import VARIANTS, read_jsonl, write_params
+from helpers import VARIANTS, read_jsonl, tmp_inside, write_params
 
 from gmail.core.cli import run
 from stages import caption, eval_caption
@@ -106,6 +106,7 @@ def test_eval_caption_writes_mean_and_std_per_variant(captioned_workspace, monke
 def test_eval_caption_scores_perfect_predictions_as_perfect(captioned_workspace, monkeypatch, tmp_path):
     ws = captioned_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     folder = tmp_path / "preds/perfect"
     folder.mkdir(parents=True)
     test = read_jsonl(ws / "data/captions/T.jsonl")
@@ -122,6 +123,7 @@ def test_eval_caption_scores_perfect_predictions_as_perfect(captioned_workspace,
 def test_caption_errors_are_one_line(aligned_workspace, monkeypatch, capsys, tmp_path):
     ws = aligned_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     out = {"captioner": str(tmp_path / "m"), "predictions": str(tmp_path / "p"), "plots": str(tmp_path / "pl")}
     base = ws / "params.yaml"
     cases = [
@@ -143,6 +145,7 @@ def test_caption_errors_are_one_line(aligned_workspace, monkeypatch, capsys, tmp
 def test_eval_caption_rejects_incomplete_predictions(captioned_workspace, monkeypatch, capsys, tmp_path):
     ws = captioned_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     folder = tmp_path / "preds/v"
     folder.mkdir(parents=True)
     (folder / "seed0.json").write_text(json.dumps([{"image_id": "x", "caption": "a red circle"}]))

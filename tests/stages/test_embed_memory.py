@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import write_params
+from helpers import tmp_inside, write_params
 
 from gmail.data.shards import shard_name, write_shard
 
@@ -32,12 +32,12 @@ print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def _shards(root, n_shards, per_shard=1000, size=64):
+def _shards(root, n_shards, source_id, per_shard=1000, size=64):
     rng = np.random.default_rng(0)
     manifest = []
     base = rng.integers(0, 256, size=(16, size, size, 3), dtype=np.uint8)
     for k in range(n_shards):
-        items = [{"id": f"g{k}_{i}", "source_id": "x", "caption": "a shape", "index": k * per_shard + i, "seed": 0}
+        items = [{"id": f"g{k}_{i}", "source_id": source_id, "caption": "a shape", "index": k * per_shard + i, "seed": 0}
                  for i in range(per_shard)]
         write_shard(root / "shards" / shard_name(k), [(it, base[it["index"] % 16]) for it in items])
         manifest += items
@@ -45,11 +45,10 @@ def _shards(root, n_shards, per_shard=1000, size=64):
 
 
 def _peak_mb(ws, tmp_path, n_shards):
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     gen = tmp_path / f"gen{n_shards}"
-    manifest = _shards(gen, n_shards)
     b = json.loads((ws / "data/captions/B.jsonl").read_text().splitlines()[0])
-    for m in manifest:
-        m["source_id"] = b["image_id"]
+    manifest = _shards(gen, n_shards, b["image_id"])  # the shards' metadata is the manifest's, as stage generate writes it
     (gen / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
     p = write_params(tmp_path / f"p{n_shards}.yaml", ws / "params.yaml",
                      paths={"generated": str(gen), "embeddings": str(tmp_path / f"emb{n_shards}")},

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from helpers import read_jsonl, write_params
+from helpers import read_jsonl, tmp_inside, write_params
 
 import gmail.data.easy_vqa_questions as questions_module
 from gmail.core.cli import run
@@ -161,6 +161,7 @@ def test_unknown_variant_missing_embeddings_and_bad_params_are_one_line_errors(a
                                                                                 tmp_path):
     ws = aligned_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     (tmp_path / "only_real").mkdir()
     (tmp_path / "only_real/real").symlink_to(ws / "data/embeddings/real")
     cases = [

@@ -5,7 +5,7 @@ scale (SmolLM2's tokenizer saved next to it)."""
 import json
 
 import pytest
-from helpers import read_jsonl, write_params
+from helpers import read_jsonl, tmp_inside, write_params
 
 from gmail.core.cli import run
 from stages import eval_llm, train_llm
@@ -161,6 +161,7 @@ def test_eval_llm_writes_caption_metrics_like_eval_caption_and_vqa_per_type(llm_
 def test_eval_llm_scores_perfect_answers_and_captions_as_perfect(llm_workspace, tiny_llm, monkeypatch, tmp_path):
     ws = llm_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     src = ws / "llmrun/llm/predictions/llm_real"
     dst = tmp_path / "llm/predictions/llm_real"
     dst.mkdir(parents=True)
@@ -181,6 +182,7 @@ def test_eval_llm_scores_perfect_answers_and_captions_as_perfect(llm_workspace, 
 def test_bad_input_is_one_line_and_writes_nothing(llm_workspace, tiny_llm, monkeypatch, capsys, tmp_path):
     ws = llm_workspace
     monkeypatch.chdir(ws)
+    tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     (no_weights / "config.json").write_text((tiny_llm / "config.json").read_text())
