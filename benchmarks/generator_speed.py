@@ -33,7 +33,7 @@ def main():
         t = time.time()
         train_generator(cfg, imgs, emb, steps=args.train_steps, batch_size=args.batch_size, progress=False)
         train_s = (time.time() - t) / args.train_steps
-        model, sched, cfg2 = load_generator(main_p["gen"][family])
+        model, sched, cfg2 = load_generator(f"{pre['paths']['models']}/{family}")  # both families' committed weights
         cond = torch.from_numpy(emb[: args.images, 0])
         t = time.time()
         sample(model, sched, cfg2, cond, list(range(args.images)), main_p["gen"]["steps"], main_p["gen"]["guidance"])

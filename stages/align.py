@@ -19,9 +19,9 @@ from accelerate import PartialState
 
 from gmail.align.lora import save_f_g
 from gmail.align.loss import paired_cosine
-from gmail.align.noise_control import noise_images
+from gmail.align.noise_control import noise_batches, noise_image
 from gmail.align.params import AlignParams
-from gmail.align.train import Alignment, train_alignment
+from gmail.align.train import Alignment, shuffled_batches, streamed_inputs, train_alignment
 from gmail.core.cli import offline, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
@@ -66,27 +66,46 @@ def main(argv=None):
     z_real = read_embeddings(paths.embeddings / "real", "B.f_r", ids)
     tower = load_tower_from_params(enc, device)
     aligned = Alignment(tower, p.rank, p.layers)
-    if args.source == "noise":
-        noise = noise_images(len(real), p.noise_size, seed)
-        inputs = aligned.inputs_from(noise[i:i + enc.batch_size] for i in range(0, len(noise), enc.batch_size))
-        rows = Rows(ids, list(range(len(real))), [r["captions"] for r in real])
-    else:
-        inputs, rows = generated_inputs(aligned, paths.generated, real, enc.batch_size, device)
-    src = torch.tensor(rows.sources)
     n_align = len(real) - p.heldout
-    train_rows = torch.nonzero(src < n_align).squeeze(1)
+    if p.streams(on_images=not aligned.cached or enc.scale == "paper"):
+        # Streaming: the images are read again for each pass (f_r before, training epochs, f_g
+        # after) and never held; memory is the shuffle buffer plus one batch.
+        source = ImageSource(args.source, paths.generated, real, p.noise_size, seed, tower.load_size)
+        z_before, rows = source.embed(aligned.embed_f_r, aligned, enc.batch_size, device, check=True)
+        src = torch.tensor(rows.sources)
+        train_rows = torch.nonzero(src < n_align).squeeze(1)
+        batches = streamed_inputs(aligned, shuffled_batches(lambda: source.items(n_align), len(train_rows), p.batch_size,
+                                                            p.shuffle_buffer, torch.Generator().manual_seed(seed)),
+                                  z_real, state.process_index, state.num_processes, enc.batch_size, device)
+        inputs = None
+    else:
+        # In memory (mini `layers: head`): the trunk features of every image, ~3 KB each.
+        if args.source == "noise":
+            inputs = aligned.inputs_from(noise_batches(len(real), p.noise_size, seed, enc.batch_size))
+            rows = Rows(ids, list(range(len(real))), [r["captions"] for r in real])
+        else:
+            inputs, rows = generated_inputs(aligned, paths.generated, real, enc.batch_size, device)
+        src = torch.tensor(rows.sources)
+        train_rows = torch.nonzero(src < n_align).squeeze(1)
+        z_before, batches = aligned.embed_f_r(inputs, enc.batch_size, device), None
 
     # 2. Alignment on the rows of the first n_align real images only (DDP when launched on several
     # processes); f_r and f_g views of every source image and f_g's of real T.
-    z_before = aligned.embed_f_r(inputs, enc.batch_size, device)
     forward = state_forward(aligned, state)
-    losses = train_alignment(aligned.f_g, inputs[train_rows], z_real[src[train_rows]], p.steps, p.batch_size, p.lr,
+    losses = train_alignment(aligned.f_g, inputs[train_rows] if batches is None else None,
+                             z_real[src[train_rows]] if batches is None else None, p.steps, p.batch_size, p.lr,
                              p.weight_decay, p.tau, p.restart_steps, seed=seed, device=device, forward=forward,
-                             groups=src[train_rows], rank=state.process_index, world=state.num_processes) if p.steps else []
+                             groups=src[train_rows], rank=state.process_index, world=state.num_processes,
+                             batches=batches) if p.steps else []
     if not state.is_main_process:
         return
-    z_after = aligned.embed_f_g(inputs, enc.batch_size, device)
-    z_t = aligned.embed_f_g(aligned.inputs_from(record_batches(test, enc.batch_size, tower.load_size)), enc.batch_size, device)
+    if inputs is None:
+        z_after = source.embed(aligned.embed_f_g, aligned, enc.batch_size, device)[0]
+    else:
+        z_after = aligned.embed_f_g(inputs, enc.batch_size, device)
+    del inputs
+    z_t = embed_stream(aligned.embed_f_g, aligned, record_batches(test, enc.batch_size, tower.load_size),
+                       enc.batch_size, device)
 
     # 3. Outputs: f_g, embeddings, metrics, loss curve, t-SNE.
     metrics = {"source": args.source, "rank": str(p.rank), "layers": p.layers, "steps": p.steps,
@@ -130,6 +149,54 @@ def generated_inputs(aligned: Alignment, generated_dir, real: list[dict], batch_
     inputs = aligned.inputs_from(batches(), batch_size, device)
     check_shard_order(metas, manifest, generated_dir)
     return inputs, Rows([m["id"] for m in metas], [pos[m["source_id"]] for m in metas], [[m["caption"]] for m in metas])
+
+
+class ImageSource:
+    """The images aligned to real B, read afresh for every pass so that none is held: stage
+    generate's shards in manifest order, or the noise control's images (one per real image)."""
+
+    def __init__(self, source: str, generated_dir, real: list[dict], noise_size: int, seed: int, load_size):
+        self.source, self.generated_dir, self.real = source, generated_dir, real
+        self.noise_size, self.seed, self.load_size = noise_size, seed, load_size
+        self.pos = {r["image_id"]: i for i, r in enumerate(real)}
+        self.manifest = read_manifest(generated_dir, self.pos) if source == "generated" else None
+
+    def _stream(self, n: int | None = None):
+        """(metadata, uint8 image) of every source image (noise: the first `n`), in row order."""
+        if self.source == "noise":
+            for i in range(len(self.real) if n is None else n):
+                yield {"source": i}, noise_image(i, self.noise_size, self.seed)
+        else:
+            yield from read_shards(list_shards(self.generated_dir / "shards"), self.load_size)
+
+    def items(self, n_align: int):
+        """(row, real image index, uint8 image) of the rows paired with the first `n_align` real images."""
+        for row, (meta, image) in enumerate(self._stream(n_align)):
+            group = meta["source"] if self.source == "noise" else self.pos[meta["source_id"]]
+            if group < n_align:
+                yield row, group, image
+
+    def embed(self, embed, aligned: Alignment, batch_size: int, device: str, check: bool = False):
+        """(embeddings `embed` of every source image, a batch at a time; its Rows). With
+        `check`, the shards must hold the manifest's items in order."""
+        metas = []
+
+        def batches():
+            for batch_metas, images in batched(self._stream(), batch_size):
+                metas.extend(batch_metas)
+                yield images
+
+        z = embed_stream(embed, aligned, batches(), batch_size, device)
+        if self.source == "noise":
+            return z, Rows([r["image_id"] for r in self.real], list(range(len(self.real))), [r["captions"] for r in self.real])
+        if check:
+            check_shard_order(metas, self.manifest, self.generated_dir)
+        return z, Rows([m["id"] for m in metas], [self.pos[m["source_id"]] for m in metas], [[m["caption"]] for m in metas])
+
+
+def embed_stream(embed, aligned: Alignment, batches, batch_size: int, device: str) -> torch.Tensor:
+    """`embed` (aligned.embed_f_r or embed_f_g) of a stream of uint8 batches; only embeddings are kept."""
+    return torch.cat([embed(aligned.inputs(images, batch_size, device), batch_size, device) for images in batches])
 
 
 def state_forward(aligned: Alignment, state):

@@ -69,7 +69,7 @@ def main(argv=None):
     del tower
 
     # 2. Every variant's every seed answers; scored by the benchmark's rules.
-    llm, tokenizer = load_llm(p.model.llm)
+    llm, tokenizer = load_llm(p.model.llm, p.dtype)  # weights in llm.dtype (bfloat16: half the memory)
     results = {}
     with atomic_dir(paths.llm / "bench" / args.benchmark) as tmp:
         for v in p.variants:

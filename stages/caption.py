@@ -6,18 +6,27 @@ embeddings: which B images through which encoder, optionally only the pairs held
 alignment. Real T is read as `caption.test_reading` says. Predictions go to
 `<predictions>/<variant>/seed<k>.json` in COCO results format, next to `references.json`
 (the T references they are scored against) and `info.json` (what the variant trained on).
+
+Under `accelerate launch` (params `launcher`) every process trains each captioner with DDP
+(gmail.downstream.clipcap `train_clipcap`); only the main process writes.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
 
 from gmail.align.params import AlignParams
-from gmail.core.cli import offline, run, stage_parser
+from gmail.core.cli import offline, stage_parser
 from gmail.core.config import check_lr, check_param, get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, write_json
+from gmail.core.launch import launch
 from gmail.data.coco_format import write_references, write_results
 from gmail.data.records import read_split
 from gmail.downstream.clipcap import ClipCapConfig, build_clipcap, generate_captions, gpt2_tokenizer, save_clipcap, train_clipcap
@@ -74,6 +83,11 @@ def main(argv=None):
     heldout = section(params.get("align"), AlignParams, "align").heldout
     paths = get_paths(params, "captions", "embeddings", "captioner", "predictions", "plots")
     device = pick_device(p.device)
+    # One process per GPU under `accelerate launch` (params `launcher`); a plain run is a world of one.
+    state = PartialState(cpu=device == "cpu")
+    if state.device.type == "cuda":
+        device = str(state.device)
+    main_process = state.is_main_process
 
     # 1. Training embeddings and captions; real T through the chosen reading.
     train = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
@@ -92,14 +106,21 @@ def main(argv=None):
 
     # 3. One captioner per seed, written with its predictions and loss curves.
     models, preds = paths.captioner / args.variant, paths.predictions / args.variant
-    with atomic_dir(models) as model_tmp, atomic_dir(preds) as pred_tmp, \
-            atomic_dir(paths.plots / "caption" / args.variant) as plot_tmp:
-        tokenizer = gpt2_tokenizer(model_tmp / "tokenizer")
+    with ExitStack() as stack:
+        if main_process:
+            model_tmp, pred_tmp, plot_tmp = (stack.enter_context(atomic_dir(d)) for d in
+                                             (models, preds, paths.plots / "caption" / args.variant))
+            tokenizer = gpt2_tokenizer(model_tmp / "tokenizer")
+        else:  # the other processes only train: their tokenizer files go to a private scratch folder
+            tokenizer = gpt2_tokenizer(Path(stack.enter_context(tempfile.TemporaryDirectory())))
         runs = {}
         for s in range(seed, seed + p.seeds):
             model = build_clipcap(p.model, z_train.shape[1], tokenizer, flat, seed=s)
             log = train_clipcap(model, z_train, caps, tokenizer, steps, p.batch_size, p.lr, p.weight_decay, seed=s,
-                                device=device, validation=validation, eval_every=p.eval_every, patience=p.patience)
+                                device=device, validation=validation, eval_every=p.eval_every, patience=p.patience,
+                                rank=state.process_index, world=state.num_processes)
+            if not main_process:
+                continue
             runs[f"seed{s}"] = {"final_loss": float(sum(log.losses[-20:]) / len(log.losses[-20:])),
                                 "steps_run": log.steps_run, "best_step": log.best_step,
                                 "best_val_loss": min(log.val_losses) if log.val_losses else None}
@@ -110,6 +131,8 @@ def main(argv=None):
             texts = generate_captions(model, z_test, tokenizer, device=device)
             write_results(pred_tmp / f"seed{s}.json", t_ids, texts)
             print(f"{args.variant} seed {s}: {log.steps_run} steps (best {log.best_step}); e.g. {texts[0]!r}")
+        if not main_process:
+            return
         write_references(pred_tmp / "references.json", test)
         write_json(pred_tmp / "info.json", {
             "variant": args.variant, "train_images": v.images, "train_encoder": v.encoder,
@@ -119,4 +142,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(launch(main, "stages.caption"))  # params `launcher`: one process, or one per GPU

@@ -1,9 +1,16 @@
-"""Stage `captions`: split the data into A / B / T and write one caption JSONL per split."""
+"""Stage `captions`: split the data into A / B / T and write one caption JSONL per split.
+
+Mini: A, B and T from easy-vqa (`data.source` and `data.source_t` both `easy_vqa`). Paper: B is
+read by `data.source` with the arguments `data.paper_b`, T by `data.source_t` with `data.paper_t`
+(T7: B from CC3M webdataset shards, T from the COCO Karpathy test split). A webdataset source's
+images are extracted into this stage's output, `<paths.captions>/images/<split>/`.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, section, set_seed
@@ -18,7 +25,8 @@ SOURCES = ("easy_vqa", "coco", "karpathy", "webdataset", "parquet")
 
 @dataclass
 class DataParams:
-    source: str
+    source: str     # B's source (and A's and T's at mini scale: easy_vqa)
+    source_t: str   # T's source
     n_a: int
     n_b: int
     n_t: int
@@ -26,17 +34,41 @@ class DataParams:
     paper_t: dict
 
     def validate(self, name):
-        if self.source not in SOURCES:
-            raise PipelineError(f"unknown {name}.source {self.source!r}: use one of {', '.join(SOURCES)}")
+        for key in ("source", "source_t"):
+            if getattr(self, key) not in SOURCES:
+                raise PipelineError(f"unknown {name}.{key} {getattr(self, key)!r}: use one of {', '.join(SOURCES)}")
+        # easy-vqa's splits come as one set (A pretrains the stand-in models; T's questions and
+        # attributes belong to its test split), so it is never mixed with a paper source.
+        if (self.source == "easy_vqa") != (self.source_t == "easy_vqa"):
+            raise PipelineError(f"{name}.source={self.source} with {name}.source_t={self.source_t}: easy_vqa gives B and T "
+                                "together, so set both to easy_vqa (mini) or both to paper sources")
+        for split in ("b", "t"):
+            if "out_image_dir" in getattr(self, f"paper_{split}"):
+                raise PipelineError(f"{name}.paper_{split} sets out_image_dir: remove it (the stage extracts webdataset "
+                                    f"images into <paths.captions>/images/{split.upper()})")
         for key in ("n_a", "n_b", "n_t"):
             if getattr(self, key) < (0 if key == "n_a" and self.source != "easy_vqa" else 1):
                 raise PipelineError(f"{name}.{key} must be positive, got {getattr(self, key)}: fix params.yaml")
 
 
-def paper_splits(p: DataParams) -> dict[str, list[dict]]:
+def read_split_source(source: str, arguments: dict, split: str, out: Path) -> list[dict]:
+    """One split's records from `source`. A webdataset's images are extracted into
+    `out/images/<split>` (`out`: the stage's output folder while it is written), their paths
+    relative to the JSONL's folder as the easy-vqa splits' are."""
+    if source != "webdataset":
+        return read_source(source, **arguments)
+    rel = Path("images") / split
+    records = read_source(source, **arguments, out_image_dir=out / rel)
+    return [{**r, "path": (rel / Path(r["path"]).name).as_posix()} for r in records]
+
+
+def paper_splits(p: DataParams, out: Path) -> dict[str, list[dict]]:
+    """B from `p.source` (`paper_b`), T from `p.source_t` (`paper_t`), cut to n_b / n_t."""
     if not p.paper_b or not p.paper_t:
-        raise PipelineError(f"data.source={p.source} needs data.paper_b and data.paper_t (reader arguments): see README 'Paper scale'")
-    return {"B": read_source(p.source, **p.paper_b)[: p.n_b], "T": read_source(p.source, **p.paper_t)[: p.n_t]}
+        raise PipelineError(f"data.source={p.source} / data.source_t={p.source_t} need data.paper_b and data.paper_t "
+                            "(reader arguments): see README 'Paper scale'")
+    return {"B": read_split_source(p.source, p.paper_b, "B", out)[: p.n_b],
+            "T": read_split_source(p.source_t, p.paper_t, "T", out)[: p.n_t]}
 
 
 def main(argv=None):
@@ -48,7 +80,7 @@ def main(argv=None):
     paths = get_paths(params, "captions", "metrics")
 
     with atomic_dir(paths.captions) as tmp:
-        splits = easy_vqa_splits(p.n_a, p.n_b, p.n_t, tmp) if p.source == "easy_vqa" else paper_splits(p)
+        splits = easy_vqa_splits(p.n_a, p.n_b, p.n_t, tmp) if p.source == "easy_vqa" else paper_splits(p, tmp)
         for name, records in splits.items():
             validate_records([dict(r) for r in records], f"split {name}")
             write_jsonl(tmp / f"{name}.jsonl", records)

@@ -6,6 +6,8 @@ Rows as in eval_retrieval (`clip` + `tune_text.rows`, mean and population std ov
 and pixels (`gmail.data.long_captions`) and uses stage embed's f_r embeddings; `urban1k` and
 `sharegpt4v` read the paper's sets (`gmail.data.paper_long_captions`) and embed their images
 here by f_r. Percentages; `<metrics>/long_retrieval.json` = {row: {i2t_r1, t2i_r1: {mean, std}}}.
+`data` is the stage's data dep in dvc.yaml: it must hold what the source reads (T: real T's
+images; urban1k: `paper.root`; sharegpt4v: `paper.json_path` and `image_root`), checked first.
 
 A stage of its own rather than part of eval_retrieval: it reads other data (long descriptions,
 Urban-1k, ShareGPT4V) and other code, so editing the description builder reruns it alone.
@@ -20,6 +22,7 @@ from typing import ClassVar
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.deps import check_data_dep, reader_paths
 from gmail.core.io import write_json
 from gmail.data.long_captions import long_caption_records
 from gmail.data.paper_long_captions import LONG_READERS, read_long_source
@@ -34,9 +37,11 @@ SOURCES = ("T", *LONG_READERS)
 @dataclass
 class EvalLongRetrievalParams(RetrievalParams):
     """source: T (mini: long descriptions of real T) | urban1k | sharegpt4v (paper); paper:
-    urban1k {root}, sharegpt4v {json_path, image_root, limit}."""
+    urban1k {root}, sharegpt4v {json_path, image_root, limit}; data: the dvc dep holding what
+    the source reads."""
 
     SOURCES: ClassVar[tuple[str, ...]] = SOURCES
+    data: str
 
 
 def main(argv=None):
@@ -52,6 +57,8 @@ def main(argv=None):
     check_rows(tune.rows, params.get("variants") or {})
     paths = get_paths(params, "captions", "embeddings", "text_towers", "metrics", "stats")
     device = pick_device(enc.device)
+    check_data_dep([paths.captions / "images" / "T"] if p.source == "T" else reader_paths(p.paper), p.data,
+                   "eval_long_retrieval.data", p.source)
     towers = row_tower_dirs(paths.text_towers, tune.rows, tune.seed_list(seed))
 
     # 1. One long caption per test image; images through f_r.

@@ -7,6 +7,9 @@ paper's Algorithm 1), from stage embed; `source: karpathy` reads a Karpathy spli
 (COCO 5k / Flickr30k 1k test) and embeds its images here. Every reference caption is one text;
 `positives` says whether identical texts count for every image they describe. Recalls are
 percentages; `<metrics>/retrieval.json` = {row: {i2t_r1 ... t2i_r10: {mean, std}}}.
+
+`data` is the stage's data dep in dvc.yaml: it must hold what the source reads (T: real T's
+captions file; karpathy: `paper`'s json_path and image_root), checked before anything is read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import ClassVar
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.deps import check_data_dep, reader_paths
 from gmail.core.io import write_json
 from gmail.data.readers import read_source
 from gmail.downstream.text_tuning import TuneTextParams, check_rows, encode_tokens, evaluate_rows, load_text_tower, row_tower_dirs
@@ -30,9 +34,10 @@ SOURCES = ("T", "karpathy")
 @dataclass
 class EvalRetrievalParams(RetrievalParams):
     """source: T | karpathy (a Karpathy split file, embedded here); paper: read_karpathy
-    arguments {json_path, image_root, split}."""
+    arguments {json_path, image_root, split}; data: the dvc dep holding what the source reads."""
 
     SOURCES: ClassVar[tuple[str, ...]] = SOURCES
+    data: str
 
 
 def main(argv=None):
@@ -48,6 +53,8 @@ def main(argv=None):
     check_rows(tune.rows, params.get("variants") or {})
     paths = get_paths(params, "captions", "embeddings", "text_towers", "metrics", "stats")
     device = pick_device(enc.device)
+    check_data_dep([paths.captions / "T.jsonl"] if p.source == "T" else reader_paths(p.paper), p.data,
+                   "eval_retrieval.data", p.source)
     towers = row_tower_dirs(paths.text_towers, tune.rows, tune.seed_list(seed))
 
     # 1. Test images through f_r; every reference caption a text row, positives per `positives`.

@@ -9,6 +9,10 @@ easy-vqa's test questions about real T, read through `eval_vqa.test_reading` (f_
 Algorithm 1). Baselines: the same MLP without the image (question only) and the majority
 training answer. Accuracy x100 overall and per question type (colour, shape, yes_no), mean
 and population std over seeds.
+
+A foreach stage over `eval_vqa.datasets` (`eval_vqa@easy_vqa`): easy-vqa is the only question
+set with questions about B and T, and paper scale sets `datasets: []`, so the stage is absent from
+its DAG (paper VQA is the LLM pipeline's `llm.benchmarks`). The set comes from DVC_STAGE.
 """
 
 from __future__ import annotations
@@ -32,9 +36,13 @@ from gmail.eval.seeds import summarise_seeds
 from gmail.eval.vqa import KEYS, majority_answer, vqa_accuracy
 from gmail.models.text import encode_texts
 
+# Question sets this classifier can read: each needs questions about the B and T images.
+DATASETS = ("easy_vqa",)
+
 
 @dataclass
 class EvalVqaParams:
+    datasets: list[str]
     variants: list[str]
     seeds: int
     hidden: int
@@ -47,6 +55,10 @@ class EvalVqaParams:
     device: str
 
     def validate(self, name):
+        bad = [d for d in self.datasets if d not in DATASETS]
+        if bad or len(set(self.datasets)) != len(self.datasets):
+            what = f"has {bad[0]!r}" if bad else "repeats a set"
+            raise PipelineError(f"{name}.datasets {what}: list each of {', '.join(DATASETS)} at most once, or [] for no VQA stage")
         if not self.variants:
             raise PipelineError(f"{name}.variants is empty: list at least one key of `variants`")
         if min(self.seeds, self.hidden, self.layers, self.steps, self.batch_size) < 1:
@@ -58,12 +70,17 @@ class EvalVqaParams:
 
 
 def main(argv=None):
-    args = stage_parser(__doc__).parse_args(argv)
+    parser = stage_parser(__doc__)
+    parser.add_stage_key("--dataset", help="an item of params.yaml `eval_vqa.datasets` (easy_vqa)")
+    args = parser.parse_args(argv)
     offline()
     params = load_params(args.params)
     seed = get_seed(params)
     set_seed(seed)
     p = section(params.get("eval_vqa"), EvalVqaParams, "eval_vqa")
+    if args.dataset not in p.datasets:
+        raise PipelineError(f"eval_vqa@{args.dataset}: {args.dataset!r} is not in eval_vqa.datasets "
+                            f"({', '.join(p.datasets) or 'empty'}): add it there or run a listed set")
     defined = params.get("variants") or {}
     unknown = [v for v in p.variants if v not in defined]
     if unknown:

@@ -8,6 +8,9 @@ with the templates of `gmail.eval.zeroshot_classification.MINI_TEMPLATES`; `sour
 clip_benchmark` classifies the test split of each of `datasets`, built offline by
 CLIP_benchmark from `root` with its own class names and templates, embedded here by f_r.
 Percentages; `<metrics>/zeroshot.json` = {row: {<task>_acc1, <task>_mean_per_class_recall: {mean, std}}}.
+
+`data` is the stage's data dep in dvc.yaml: it must hold what the source reads (T: real T's
+captions file; clip_benchmark: every data set's root), checked before anything is read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 from gmail.core.cli import offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
+from gmail.core.deps import check_data_dep
 from gmail.core.errors import PipelineError
 from gmail.core.io import write_json
 from gmail.downstream.text_tuning import TuneTextParams, check_rows, evaluate_rows, load_text_tower, row_tower_dirs
@@ -42,6 +46,11 @@ class EvalZeroshotParams:
     attributes: list[str]   # T: which attributes to classify
     datasets: list[str]     # clip_benchmark: build_dataset names
     root: str               # clip_benchmark: dataset root, "{dataset}" replaced by the name
+    data: str               # the dvc dep holding what the source reads (checked by the stage)
+
+    def roots(self) -> dict[str, str]:
+        """clip_benchmark: {task name: its dataset root}."""
+        return {name.replace("/", "-"): self.root.format(dataset=name.replace("/", "-")) for name in self.datasets}
 
     def validate(self, name):
         if self.source not in SOURCES:
@@ -68,6 +77,8 @@ def main(argv=None):
     check_rows(tune.rows, params.get("variants") or {})
     paths = get_paths(params, "captions", "embeddings", "text_towers", "metrics", "stats")
     device = pick_device(enc.device)
+    check_data_dep([paths.captions / "T.jsonl"] if p.source == "T" else list(p.roots().values()), p.data,
+                   "eval_zeroshot.data", p.source)
     towers = row_tower_dirs(paths.text_towers, tune.rows, tune.seed_list(seed))
 
     # 1. Tasks: (class names, templates, f_r image embeddings, labels) each.
@@ -80,9 +91,9 @@ def main(argv=None):
     else:
         image_tower = load_tower_from_params(enc, device)
         size = image_tower.load_size or image_tower.config.image_size
-        for name in p.datasets:
-            classes, templates, images, labels = clip_benchmark_dataset(name, p.root.format(dataset=name.replace("/", "-")), size)
-            tasks[name.replace("/", "-")] = (classes, templates, encode_images(image_tower, images, enc.batch_size, device), labels)
+        for name, (task, root) in zip(p.datasets, p.roots().items()):
+            classes, templates, images, labels = clip_benchmark_dataset(name, root, size)
+            tasks[task] = (classes, templates, encode_images(image_tower, images, enc.batch_size, device), labels)
 
     # 2. Every row's towers build each task's classifier from its prompts (tokenized once) and classify.
     base = load_text_tower(enc.scale, enc.mini, enc.name, enc.pretrained, device)

@@ -1,7 +1,8 @@
 """Stage `generate`: `gen.per_real` images per real B image, one per caption, as webdataset shards.
 
 Mini scale samples the committed stand-in generator (gen.scale=mini); paper scale loads
-StableDiffusionPipeline / FluxPipeline with from_pretrained (gen.scale=paper). Item i of the
+StableDiffusionPipeline / FluxPipeline with from_pretrained, or any diffusers text-to-image model
+given as a Hub id pinned to a commit through AutoPipelineForText2Image (gen.scale=paper). Item i of the
 manifest is seeded with seed + i, so it depends neither on batch size nor on how the work is
 split. Run it under `accelerate launch` (params `launcher`) to split the shards over processes
 or GPUs; an interrupted run resumes from its finished shards (gmail/generation/sharded.py).
@@ -24,16 +25,15 @@ from gmail.data.records import read_split
 from gmail.data.shards import build_manifest, shard_name, shard_ranges
 from gmail.generation.sharded import claim_scratch, collect_shards, generate_shards, scratch_key
 
-MODELS = ("sd2", "flux")
 SCALES = ("mini", "paper")
 MAX_GUIDANCE = 50.0
 
 
 @dataclass
 class GenParams:
-    model: str
-    sd2: str
-    flux: str
+    model: str    # a family (sd2, flux) whose weights are in the folder `weights`, or a pinned Hub id org/name@<sha>
+    weights: str  # the folder (a DVC dep) holding the family's model, or one subfolder per family (<weights>/<model>,
+                  # mini: pretrain/models, so `-S gen.model=flux` alone switches family); not read for a Hub id
     scale: str
     per_real: int
     shard_size: int
@@ -50,19 +50,35 @@ class GenParams:
     prefetch: int
     attention_backend: str
 
+    @property
+    def model_dir(self) -> str:
+        """The folder the family's model loads from: `weights` itself when it holds a model, else its
+        `<model>` subfolder when there is one (a folder of families)."""
+        from pathlib import Path
+
+        folder = Path(self.weights)
+        holds_model = any((folder / name).is_file() for name in ("generator.json", "model_index.json"))
+        return str(folder / self.model) if not holds_model and (folder / self.model).is_dir() else self.weights
+
     def validate(self, name):
-        if self.model not in MODELS:
-            raise PipelineError(f"unknown {name}.model {self.model!r}: use one of {', '.join(MODELS)} (e.g. dvc exp run -S gen.model=flux)")
+        from gmail.generation.paper_pipelines import parse_model
+
+        _, revision = parse_model(self.model, f"{name}.model")
         if self.scale not in SCALES:
             raise PipelineError(f"unknown {name}.scale {self.scale!r}: use one of {', '.join(SCALES)}")
+        if revision is not None and self.scale == "mini":
+            raise PipelineError(f"{name}.model {self.model!r} is a Hub id, which only paper scale loads: set {name}.scale: paper, "
+                                f"or {name}.model to sd2 or flux")
+        if revision is None:
+            check_weights(self.model, self.model_dir, self.scale, name)
         if min(self.steps, self.batch_size, self.per_real, self.shard_size) < 1 or self.resolution < 0:
             raise PipelineError(f"{name}.steps, batch_size, per_real and shard_size must be positive and {name}.resolution >= 0: "
                                 "fix params.yaml")
-        from gmail.generation.mini_diffusion import train_timesteps
+        from gmail.generation.mini_diffusion import TRAIN_TIMESTEPS, train_timesteps
 
         # A sampler takes at most its scheduler's training timesteps (DDIM raises past them, deep in
         # the first batch): read from a local model's scheduler config; a hub id's (SD2, FLUX) have 1000.
-        limit = train_timesteps(getattr(self, self.model))
+        limit = train_timesteps(self.model_dir) if revision is None else TRAIN_TIMESTEPS
         check_param(self.steps <= limit, f"{name}.steps", self.steps,
                     f"at most {limit}, its scheduler's training timesteps (typical: 10 mini, 50 SD2, 4 FLUX)")
         # Guidance scales in use run 1-15; far beyond, every pixel saturates (black or white images).
@@ -79,15 +95,44 @@ class GenParams:
             raise PipelineError(f"{name}.prefetch must be 0 (off) or a number of batches: fix params.yaml")
 
 
+# The class a family's diffusers folder (model_index.json `_class_name`) holds at paper scale.
+PIPELINE_CLASSES = {"sd2": "StableDiffusionPipeline", "flux": "FluxPipeline"}
+
+
+def check_weights(family: str, weights: str, scale: str, name: str = "gen") -> None:
+    """PipelineError unless the folder `weights` holds a `family` generator: with two families and one
+    weights folder, `-S gen.model=flux` alone would otherwise sample the SD2 weights under FLUX's name.
+    A folder that cannot be read is left to the loader, which says what is missing."""
+    import json
+    from pathlib import Path
+
+    folder = Path(weights)
+    try:
+        if scale == "mini":
+            from gmail.generation.mini_diffusion import CONFIG_NAME
+
+            found = json.loads((folder / CONFIG_NAME).read_text())["config"]["family"]
+            expected = family
+        else:
+            found = json.loads((folder / "model_index.json").read_text())["_class_name"]
+            expected = PIPELINE_CLASSES[family]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if found != expected:
+        raise PipelineError(f"{name}.weights {weights!r} holds a {found} model but {name}.model is {family}: point {name}.weights at "
+                            f"the {family} weights (e.g. dvc exp run -S {name}.model={family} -S {name}.weights=pretrain/models/{family})")
+
+
 def load_sampler(p: GenParams, device: str):
     """`sampler(prompts, seeds)` for the configured generator, loaded once."""
     if p.scale == "mini":
         from gmail.generation.samplers import mini_sampler
 
-        return mini_sampler(getattr(p, p.model), p.steps, p.guidance, p.batch_size, device, torch_dtype(p.dtype), p.resolution)
-    from gmail.generation.paper_pipelines import paper_sampler
+        return mini_sampler(p.model_dir, p.steps, p.guidance, p.batch_size, device, torch_dtype(p.dtype), p.resolution)
+    from gmail.generation.paper_pipelines import is_hub_id, paper_sampler
 
-    return paper_sampler(p.model, getattr(p, p.model), p.steps, p.guidance, p.resolution or 512, p.batch_size, p.dtype, device,
+    # A pinned Hub id loads from the Hugging Face cache at its commit; a family from its folder.
+    return paper_sampler(p.model, None if is_hub_id(p.model) else p.model_dir, p.steps, p.guidance, p.resolution or 512, p.batch_size, p.dtype, device,
                          channels_last=p.channels_last, fuse_qkv=p.fuse_qkv,
                          compile_mode=None if p.compile_mode == "none" else p.compile_mode, compile_vae=p.compile_vae,
                          prefetch=p.prefetch, attention_backend=None if p.attention_backend == "auto" else p.attention_backend)
@@ -113,9 +158,10 @@ def main(argv=None):
 
     # 1. Manifest and resume state (main process), then every process generates its own shards.
     manifest = build_manifest(read_split(paths.captions / "B.jsonl"), p.per_real, seed)
-    settings = {**{k: v for k, v in asdict(p).items() if k not in ("sd2", "flux", "device")},
-                "model_path": getattr(p, p.model), "device_type": device.split(":")[0]}
-    key = scratch_key(settings, manifest, getattr(p, p.model))
+    # gen.model holds a Hub id's revision, so the key changes with it; a family's folder is stamped.
+    settings = {**{k: v for k, v in asdict(p).items() if k not in ("weights", "device")},
+                "model_path": p.model_dir, "device_type": device.split(":")[0]}
+    key = scratch_key(settings, manifest, p.model_dir)
     # The main process holds the scratch folder (a lock) for the whole run, so a concurrent run with
     # other params never deletes it; it is removed once the output is in place.
     with claim_scratch(paths.scratch, key, owner=state.is_main_process) as scratch:

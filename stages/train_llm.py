@@ -9,18 +9,25 @@ answer a seeded subsample of T's questions.
 dual model's real connector never sees a real image: it is set to a copy of the trained
 generated connector. Outputs: `<llm>/models/<variant>/seed<k>/`, `<llm>/predictions/<variant>/`
 (`seed<k>.json` COCO results, `vqa-seed<k>.json`, `references.json`, `info.json`).
+
+Under `accelerate launch` (params `launcher`) every process trains each seed's model with DDP
+(gmail.downstream.llava `train_llava`); only the main process captions, answers and writes.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import ExitStack
+from datetime import timedelta
 
 import numpy as np
+from accelerate import PartialState
 
-from gmail.core.cli import offline, run, stage_parser
+from gmail.core.cli import offline, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed, torch_dtype
 from gmail.core.io import atomic_dir, write_json
+from gmail.core.launch import launch
 from gmail.data.coco_format import write_references, write_results
 from gmail.data.easy_vqa_questions import load_split_questions, question_type
 from gmail.data.records import read_split
@@ -29,6 +36,8 @@ from gmail.downstream.llava import ImageSet, LlmParams, projection_for
 from gmail.models.embeddings import read_embeddings, set_folder, training_rows
 from gmail.models.llm import load_llm
 from gmail.viz.curves import write_loss_curve
+
+WAIT_FOR_MAIN = timedelta(hours=2)  # process-group timeout (a wait at a collective)
 
 
 def _questions_per_image(records: list[dict], split: str) -> list[list[tuple[str, str]]]:
@@ -51,6 +60,13 @@ def main(argv=None):
     v = p.variant(args.variant)
     paths = get_paths(params, "captions", "embeddings", "llm", "plots", "stats")
     device, dtype = pick_device(p.device), torch_dtype(p.dtype)
+    # One process per GPU under `accelerate launch` (params `launcher`); a plain run is a world of one.
+    # The main process captions and answers T alone after each seed while the others wait in the
+    # next seed's DDP set-up: give that wait hours, not NCCL's default 10 minutes.
+    state = PartialState(cpu=device == "cpu", timeout=WAIT_FOR_MAIN)
+    if state.device.type == "cuda":
+        device = str(state.device)
+    main_process = state.is_main_process
 
     # 1. Training sets: the variant's B embeddings (+ real B in reading algorithm1), each with
     # B's references and questions; real T through f_r; T questions, a seeded subsample.
@@ -79,19 +95,24 @@ def main(argv=None):
         real_connector = "copy of the trained generated connector (never sees a real training image)"
 
     # 2. The LLM, before anything is written: a bad model path or LoRA target fails here.
-    llm, tokenizer = load_llm(p.model.llm)
+    llm, tokenizer = load_llm(p.model.llm, p.dtype)  # weights in llm.dtype (bfloat16: half the memory)
     llava.check_lora_targets(llm, p.model)
 
     # 3. One model per seed, saved with its predictions and loss curve.
     runs = {}
-    with atomic_dir(paths.llm / "models" / args.variant) as model_tmp, \
-            atomic_dir(paths.llm / "predictions" / args.variant) as pred_tmp, \
-            atomic_dir(paths.plots / "llm" / args.variant) as plot_tmp:
+    with ExitStack() as stack:
+        if main_process:
+            model_tmp, pred_tmp, plot_tmp = (stack.enter_context(atomic_dir(d)) for d in (
+                paths.llm / "models" / args.variant, paths.llm / "predictions" / args.variant, paths.plots / "llm" / args.variant))
         for s in range(seed, seed + p.seeds):
             started = time.perf_counter()
             model = llava.build_llava(p.model, llm, tokenizer, sets[0].embeddings.shape[1], v.projection, seed=s)
             log = llava.train_llava(model, tokenizer, sets, p.steps, p.batch_size, p.lr, p.lr_projection, p.weight_decay,
-                              p.vqa_fraction, seed=s, device=device, dtype=dtype)
+                                    p.vqa_fraction, seed=s, device=device, dtype=dtype,
+                                    rank=state.process_index, world=state.num_processes)
+            if not main_process:  # the other processes only train; they wait in the next seed's DDP set-up
+                llm = llava.release_llm(model)
+                continue
             if v.projection == "dual" and len(sets) == 1:
                 llava.copy_projection(model, "generated", "real")
             trained = time.perf_counter()
@@ -112,6 +133,8 @@ def main(argv=None):
                                 "vqa_s": time.perf_counter() - captioned}
             print(f"{args.variant} seed {s}: loss {runs[f'seed{s}']['final_loss']:.3f}; e.g. {texts[0]!r}")
             llm = llava.release_llm(model)
+        if not main_process:
+            return
         write_references(pred_tmp / "references.json", test)
         write_json(pred_tmp / "info.json", {
             "variant": args.variant, "train_images": v.images, "train_encoder": v.encoder, "projection": v.projection,
@@ -124,4 +147,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(launch(main, "stages.train_llm"))  # params `launcher`: one process, or one per GPU

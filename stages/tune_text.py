@@ -13,10 +13,13 @@ import copy
 import sys
 import time
 
+from accelerate import PartialState
+
 from gmail.align.params import AlignParams
-from gmail.core.cli import offline, run, stage_parser
+from gmail.core.cli import offline, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, pick_device, section, set_seed
 from gmail.core.io import atomic_dir, write_json
+from gmail.core.launch import launch
 from gmail.data.records import read_split
 from gmail.downstream.text_tuning import TuneTextParams, check_rows, load_text_tower, save_text_tower, tokenize_captions, tune_text_tower
 from gmail.downstream.variants import VariantParams, training_set
@@ -41,6 +44,10 @@ def main(argv=None):
     heldout = section(params.get("align"), AlignParams, "align").heldout
     paths = get_paths(params, "captions", "embeddings", "text_towers", "plots", "stats")
     device = pick_device(p.device)
+    # One process per GPU under `accelerate launch` (params `launcher`): DDP, only the main process writes.
+    state = PartialState(cpu=device == "cpu")
+    if state.device.type == "cuda":
+        device = str(state.device)
 
     # 1. The row's fixed B image embeddings and their reference captions, tokenized once.
     train = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
@@ -49,11 +56,17 @@ def main(argv=None):
     tokens = tokenize_captions(base, caps)
 
     # 2. One tuned tower per seed, each from the pretrained text tower.
+    if not state.is_main_process:
+        for s in p.seed_list(seed):
+            tune_text_tower(copy.deepcopy(base), z_train, tokens, p.steps, p.batch_size, p.lr, p.weight_decay, seed=s,
+                            device=device, rank=state.process_index, world=state.num_processes)
+        return
     runs = {}
     with atomic_dir(paths.text_towers / args.row) as tower_tmp, atomic_dir(paths.plots / "tune_text" / args.row) as plot_tmp:
         for s in p.seed_list(seed):
             tower = copy.deepcopy(base)
-            losses = tune_text_tower(tower, z_train, tokens, p.steps, p.batch_size, p.lr, p.weight_decay, seed=s, device=device)
+            losses = tune_text_tower(tower, z_train, tokens, p.steps, p.batch_size, p.lr, p.weight_decay, seed=s, device=device,
+                                     rank=state.process_index, world=state.num_processes)
             save_text_tower(tower, tower_tmp / f"seed{s}", {
                 "row": args.row, "train_images": v.images, "train_encoder": v.encoder, "heldout_only": v.heldout_only,
                 "train_size": len(caps), "seed": s, "steps": p.steps, "final_loss": losses[-1],
@@ -66,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(launch(main, "stages.tune_text"))  # params `launcher`: one process, or one per GPU

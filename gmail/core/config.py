@@ -42,11 +42,13 @@ def check_keys(params: dict) -> None:
     """Every params name that dvc.yaml turns into a stage name (`caption@<variant>`), a folder
     name and the stage's key must be letters, digits, `_` and `-` only: `variants` and
     `llm.variants` keys, `tune_text.rows` items, `llm.benchmarks` keys. Anything else (`..`,
-    `a;b`, a space) is a one-line PipelineError naming it; malformed sections are left to `section`."""
+    `a;b`, a space) is a one-line PipelineError naming it; malformed sections are left to `section`.
+    Also `eval_vqa.datasets` items (stage `eval_vqa@<set>`)."""
     import re
 
-    tune_text, llm = params.get("tune_text"), params.get("llm")
+    tune_text, llm, vqa = params.get("tune_text"), params.get("llm"), params.get("eval_vqa")
     named = {"variants": params.get("variants"),
+             "eval_vqa.datasets": vqa.get("datasets") if isinstance(vqa, dict) else None,
              "tune_text.rows": tune_text.get("rows") if isinstance(tune_text, dict) else None,
              "llm.variants": llm.get("variants") if isinstance(llm, dict) else None,
              "llm.benchmarks": llm.get("benchmarks") if isinstance(llm, dict) else None}

@@ -271,8 +271,41 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             yield lineno, row
 
 
+class CropSize(int):
+    """An image size meaning "resize the short side to it, then centre-crop a square", the
+    standard CLIP protocol (open_clip's `resize_mode="shortest"` transform, CLIP_benchmark). A
+    plain int size squashes the image to the square instead (mini scale, whose images are
+    square, where both agree). The paper-scale tower's `load_size` is one of these, so every
+    loader that passes it on (`load_image`, `fit_image`) follows the tower's own preprocessing."""
+
+    def __repr__(self) -> str:
+        return f"CropSize({int(self)})"
+
+
+def fit_image(im: Image.Image, size: int | None) -> Image.Image:
+    """`im` brought to `size` x `size`: squashed (bicubic) for a plain int, short side resized and
+    centre-cropped for a `CropSize`, untouched for None.
+
+    The crop follows torchvision's `Resize(size)` + `CenterCrop(size)` on a PIL image (what
+    open_clip's `preprocess` runs), step for step, so the pixels are the same: long side
+    int(size * long / short), PIL bicubic, crop offsets rounded."""
+    if size is None or im.size == (size, size):
+        return im
+    if not isinstance(size, CropSize):
+        return im.resize((size, size), Image.BICUBIC)
+    w, h = im.size
+    if min(w, h) != size:
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(size * long / short)
+        im = im.resize((size, new_long) if w <= h else (new_long, size), Image.BICUBIC)
+    w, h = im.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return im.crop((left, top, left + size, top + size))
+
+
 def load_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
-    """Open an image as RGB (optionally resized); a missing or corrupt file is a PipelineError."""
+    """Open an image as RGB, brought to `size` by `fit_image` (squashed for an int, short side
+    and centre crop for a `CropSize`); a missing or corrupt file is a PipelineError."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"missing image {path}: rerun the stage that writes it (dvc repro)")
@@ -282,9 +315,7 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
             im = im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise PipelineError(f"corrupt image {path} ({exc.__class__.__name__}): replace or delete it and rerun") from exc
-    if size is not None and im.size != (size, size):
-        im = im.resize((size, size), Image.BICUBIC)
-    return im
+    return fit_image(im, size)
 
 
 def load_images_uint8(paths: Iterable[str | os.PathLike], size: int | None = None) -> np.ndarray:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gmail.core.errors import PipelineError
-from gmail.core.io import load_image, read_json
+from gmail.core.io import fit_image, load_image, read_json
 
 PathLike = str | os.PathLike
 MMMU_COLUMNS = ("id", "question", "options", "answer", "question_type", "image_1")
@@ -112,8 +112,11 @@ def _mmmu_row(rec: dict, subject: str, path: Path) -> dict:
 
 
 def load_benchmark_images(rows: list[dict], size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8 array of each row's image (a path or encoded bytes), resized;
-    zeros for a row without an image (its question is not put to the model)."""
+    """(N, size, size, 3) uint8 array of each row's image (a path or encoded bytes), brought to
+    `size` by `gmail.core.io.fit_image`: pass the tower's `load_size`, a `CropSize` at paper
+    scale (short side resized, centre crop: open_clip's own preprocessing, as for every other
+    image the tower sees), so a plain int squashes; zeros for a row without an image (its
+    question is not put to the model)."""
     from PIL import Image, UnidentifiedImageError
 
     out = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
@@ -124,7 +127,7 @@ def load_benchmark_images(rows: list[dict], size: int) -> np.ndarray:
         if isinstance(image, (bytes, bytearray)):
             try:
                 with Image.open(io.BytesIO(image)) as im:
-                    im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+                    im = fit_image(im.convert("RGB"), size)
             except (UnidentifiedImageError, OSError) as exc:
                 raise PipelineError(f"question {row['id']} has a corrupt image ({exc.__class__.__name__}): re-download the file") from exc
         else:

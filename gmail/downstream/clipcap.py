@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from gmail.core.config import check_param
 from gmail.core.errors import PipelineError, check_loss
 from gmail.core.io import atomic_file
+from gmail.downstream.ddp import all_sum, share, wrap
 
 CONFIG_NAME = "clipcap.json"
 MAPPING_NAME = "mapping.safetensors"
@@ -117,15 +118,19 @@ class ClipCap(nn.Module):
         return self.mapping(embeddings).view(len(embeddings), self.config.prefix_length, -1)
 
     def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor, labels: torch.Tensor,
-                per_caption: bool = False) -> torch.Tensor:
+                per_caption: bool = False, token_sum: bool = False) -> torch.Tensor:
         """Mean next-token cross-entropy over `labels` (decoder ids, IGNORE_INDEX elsewhere), or,
-        with `per_caption`, a (B,) tensor of each caption's own mean."""
+        with `per_caption`, a (B,) tensor of each caption's own mean, or, with `token_sum`, the
+        sum over every labelled token (what data-parallel training scales itself)."""
         x = torch.cat([self.prefix(embeddings), self.decoder.get_input_embeddings()(tokens)], dim=1)
         # No attention mask: padding is on the right and attention is causal, so real tokens
         # never see it (and SDPA keeps its fast unmasked path). Logits only where a caption
         # token is predicted: the last prefix position predicts token 0, and the last input
         # position predicts nothing; this skips the LM head on the prefix.
         logits = self.decoder(inputs_embeds=x, logits_to_keep=tokens.shape[1] + 1).logits[:, :-1]
+        if token_sum:
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
         if not per_caption:
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         token_loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
@@ -254,9 +259,12 @@ def _check(model: ClipCap, embeddings: torch.Tensor, captions: list[list[str]], 
 
 @torch.no_grad()
 def validation_loss(model: ClipCap, embeddings: torch.Tensor, captions: list[list[str]], tokenizer,
-                    batch_size: int = 512, device: str = "cpu") -> float:
+                    batch_size: int = 512, device: str = "cpu", rank: int = 0, world: int = 1) -> float:
     """Mean over every (image, reference caption) pair of that caption's mean next-token
-    cross-entropy (each pair weighs the same, whatever its length); deterministic, in eval mode."""
+    cross-entropy (each pair weighs the same, whatever its length); deterministic, in eval mode.
+
+    With several processes each scores its share of every batch's pairs and the sums are
+    all-reduced, so every process returns the same value."""
     _check(model, embeddings, captions, "validation")
     tokens, lengths, _, counts = _caption_rows(model, captions, tokenizer, device)
     image_of_row = torch.repeat_interleave(torch.arange(len(captions)), counts).to(device)
@@ -268,8 +276,14 @@ def validation_loss(model: ClipCap, embeddings: torch.Tensor, captions: list[lis
     for i in range(0, len(tokens), batch_size):
         tok, length = tokens[i:i + batch_size], lengths[i:i + batch_size]
         labels = tok.masked_fill(positions >= length[:, None], IGNORE_INDEX)
-        per_caption = model(embeddings[image_of_row[i:i + batch_size]], tok, labels, per_caption=True)
-        total, n = total + float(per_caption.sum()), n + len(tok)
+        if world == 1:  # the one-process path, unchanged
+            per_caption = model(embeddings[image_of_row[i:i + batch_size]], tok, labels, per_caption=True)
+            total, n = total + float(per_caption.sum()), n + len(tok)
+        else:
+            mine = share(len(tok), rank, world).to(device)
+            rows = image_of_row[i:i + batch_size][mine]
+            part = model(embeddings[rows], tok[mine], labels[mine], per_caption=True).sum().double()
+            total, n = total + float(all_sum(part, world)), n + len(tok)
     model.train(was_training)
     return total / max(n, 1)
 
@@ -278,7 +292,7 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
                   batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.01, seed: int = 0,
                   device: str = "cpu", progress: bool = True,
                   validation: tuple[torch.Tensor, list[list[str]]] | None = None, eval_every: int = 25,
-                  patience: int = 4) -> TrainLog:
+                  patience: int = 4, rank: int = 0, world: int = 1) -> TrainLog:
     """Train the mapping and decoder on (image embedding, caption) pairs.
 
     `embeddings` (N, D) are L2-normalised image embeddings; `captions[i]` the reference
@@ -291,6 +305,14 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
     validation loss is checked every `eval_every` steps, training stops after `patience`
     checks without improvement, and the weights of the best check are restored (early stopping).
     A NaN or infinite training loss stops training with a PipelineError.
+
+    Several processes (`rank` of `world`, torch.distributed initialised, see
+    `gmail.downstream.ddp`): every process draws the same batch and captions, computes the
+    summed token loss of its rows, divided by the batch's token count and multiplied by
+    `world`, so DistributedDataParallel's gradient average is the one-process gradient; the
+    logged loss is the all-reduced one. Validation is split the same way and all-reduced, so
+    every process takes the same early-stopping decision. With dropout the processes draw
+    their masks independently (the same in distribution, not bit for bit).
     """
     from tqdm.auto import tqdm
 
@@ -310,6 +332,7 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
 
     # 3. AdamW with linear warm-up (10% of steps, at most 200) then cosine decay to 0.
     model.to(device).train()
+    forward = wrap(model, world)  # DistributedDataParallel with several processes
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warmup = max(1, min(200, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -319,22 +342,29 @@ def train_clipcap(model: ClipCap, embeddings: torch.Tensor, captions: list[list[
     log = TrainLog(losses=[])
     best_state, since_best = None, 0
     positions = torch.arange(tokens.shape[1], device=device)
-    for step in tqdm(range(1, steps + 1), desc="train ClipCap", disable=not progress):
+    for step in tqdm(range(1, steps + 1), desc="train ClipCap", disable=not progress or rank != 0):
         idx = torch.randperm(len(captions), generator=gen)[:batch_size]
         pick = offsets[idx] + (torch.rand(len(idx), generator=gen) * counts[idx]).long().clamp(max=counts[idx] - 1)
         pick = pick.to(device)
         length = int(lengths[pick].max())  # trim to the longest caption in this batch
         tok = tokens[pick, :length]
         labels = tok.masked_fill(positions[:length] >= lengths[pick, None], IGNORE_INDEX)
-        loss = model(embeddings[idx.to(device)], tok, labels)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world == 1:  # the one-process path, unchanged
+            loss = model(embeddings[idx.to(device)], tok, labels)
+            loss.backward()
+        else:
+            mine = share(len(idx), rank, world).to(device)
+            n_tokens = int((labels != IGNORE_INDEX).sum())
+            loss_sum = forward(embeddings[idx.to(device)[mine]], tok[mine], labels[mine], token_sum=True)
+            (loss_sum * world / n_tokens).backward()
+            loss = all_sum(loss_sum, world) / n_tokens
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         log.losses.append(check_loss(loss.item(), "ClipCap", step, f"lower caption.lr (now {lr:g})"))
         if validation is not None and (step % eval_every == 0 or step == steps):
-            val = validation_loss(model, validation[0], validation[1], tokenizer, device=device)
+            val = validation_loss(model, validation[0], validation[1], tokenizer, device=device, rank=rank, world=world)
             log.val_steps.append(step)
             log.val_losses.append(val)
             if log.best_step is None or val < min(log.val_losses[:-1]):

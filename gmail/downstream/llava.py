@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from gmail.core.config import check_lr, check_param, section, torch_dtype
 from gmail.core.errors import PipelineError, check_loss
+from gmail.downstream.ddp import all_sum, share
 
 IMAGE_MARKER = "<image>"
 IGNORE_INDEX = -100
@@ -239,8 +240,14 @@ class Llava(nn.Module):
         img = self.image_embeds(z, names)
         return torch.cat([head.to(img.dtype), img], dim=1)
 
-    def loss(self, z: torch.Tensor, names: list[str], prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the answer tokens (each answer ends with end-of-turn).
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        """`loss`: DistributedDataParallel runs a module through `forward` (its gradient hooks)."""
+        return self.loss(*args, **kwargs)
+
+    def loss(self, z: torch.Tensor, names: list[str], prompts: list[list[int]], answers: list[list[int]],
+             token_sum: bool = False) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens (each answer ends with end-of-turn),
+        or, with `token_sum`, their sum (what data-parallel training scales itself).
 
         The sequence is [prompt head | image | prompt rest | answer], right-padded. No
         attention mask: padding is on the right and attention is causal, so no real token sees
@@ -265,7 +272,7 @@ class Llava(nn.Module):
         h = hidden[:, start: start + width]
         mask = labels != IGNORE_INDEX
         logits = self.base_llm.get_output_embeddings()(h[mask])
-        return F.cross_entropy(logits.float(), labels[mask])
+        return F.cross_entropy(logits.float(), labels[mask], reduction="sum" if token_sum else "mean")
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, names: list[str], prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -358,7 +365,8 @@ def _answer_ids(tokenizer, texts: list[str], limit: int, eos: int) -> list[list[
 
 def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch_size: int, lr: float,
                 lr_projection: float, weight_decay: float, vqa_fraction: float, seed: int = 0,
-                device: str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True) -> TrainLog:
+                device: str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
+                rank: int = 0, world: int = 1) -> TrainLog:
     """Train the connectors named in `sets` and the LoRA weights for `steps` steps.
 
     Each step draws `batch_size` examples: a share `vqa_fraction` are (image, question, answer)
@@ -367,12 +375,22 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
     (LoRA at `lr`, connectors at `lr_projection`, as LLaVA trains its projector faster), linear
     warm-up then cosine decay, gradient clipping at 1. `dtype` bfloat16 runs the forward pass
     under autocast (weights and optimiser stay float32). A NaN or infinite loss is a PipelineError.
+
+    Several processes (`rank` of `world`, torch.distributed initialised, see
+    `gmail.downstream.ddp`): every process draws the same batch, computes the summed token loss
+    of its rows (`share`), divided by the batch's answer-token count and multiplied by `world`,
+    so DistributedDataParallel's gradient average is the one-process gradient of the batch
+    mean; the logged loss is the all-reduced one. With LoRA dropout the processes draw their
+    masks independently (the same in distribution, not bit for bit).
     """
     from tqdm.auto import tqdm
 
     # 1. Check inputs; tokenise every prompt and answer once.
     if steps < 1 or batch_size < 1 or not 0 <= vqa_fraction <= 1:
         raise PipelineError(f"steps={steps}, batch_size={batch_size} must be >= 1 and vqa_fraction={vqa_fraction} in [0, 1]: fix params.yaml")
+    if batch_size < world:
+        raise PipelineError(f"llm.batch_size={batch_size} is smaller than the {world} processes that share each batch: "
+                            "raise llm.batch_size or launch fewer processes")
     for s in sets:
         if s.projection not in model.projections:
             raise PipelineError(f"image set for connector {s.projection!r}, but the model has {', '.join(model.projections)}")
@@ -404,6 +422,7 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
     connectors = [p for name in sorted(used) for p in model.projections[name].parameters()]
     groups = [{"params": connectors, "lr": lr_projection}] + ([{"params": lora, "lr": lr}] if lora else [])
     opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    forward = _data_parallel(model, world)
     warmup = max(1, min(100, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
@@ -411,7 +430,7 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
     # 3. Training loop.
     log = TrainLog()
     params = connectors + lora
-    bar = tqdm(range(steps), desc="train LLaVA", disable=not progress)
+    bar = tqdm(range(steps), desc="train LLaVA", disable=not progress or rank != 0)
     for step in bar:
         batch = []  # (set, image, prompt ids, answer ids)
         for j in torch.randint(len(caption_pool), (batch_size - n_vqa,), generator=gen).tolist():
@@ -424,10 +443,20 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
             batch.append(vqa_pool[j])
         z = torch.stack([z_sets[k][i] for k, i, _, _ in batch])
         names = [sets[k].projection for k, *_ in batch]
-        with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-            loss = model.loss(z, names, [p for *_, p, _ in batch], [a for *_, a in batch])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world == 1:  # the one-process path, unchanged
+            with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                loss = model.loss(z, names, [p for *_, p, _ in batch], [a for *_, a in batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            mine = share(len(batch), rank, world).tolist()
+            n_tokens = sum(len(a) for *_, a in batch)
+            with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                loss_sum = forward(z[mine], [names[i] for i in mine], [batch[i][2] for i in mine],
+                                   [batch[i][3] for i in mine], token_sum=True)
+            opt.zero_grad(set_to_none=True)
+            (loss_sum * world / n_tokens).backward()
+            loss = all_sum(loss_sum, world) / n_tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -437,6 +466,24 @@ def train_llava(model: Llava, tokenizer, sets: list[ImageSet], steps: int, batch
             bar.set_postfix(loss=f"{sum(log.losses[-10:]) / 10:.3f}")
     model.eval()
     return log
+
+
+def _data_parallel(model: Llava, world: int) -> nn.Module:
+    """`model` in DistributedDataParallel when several processes run, else itself.
+
+    Unlike `gmail.downstream.ddp.wrap`, DDP is told to expect unused parameters: a process's
+    share of a batch may hold no image for one connector (a dual model in reading
+    `algorithm1`), and a dual model's `real` connector sees no image at all in `abstract`. A
+    parameter no process used keeps no gradient, as in one process. Only what trains (LoRA,
+    connectors) is reduced; the frozen LLM is not.
+    """
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def copy_projection(model: Llava, source: str = "generated", target: str = "real") -> None:

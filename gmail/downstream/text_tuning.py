@@ -191,12 +191,19 @@ def tokenize_captions(tower: nn.Module, caption_lists: list[list[str]]) -> Capti
 
 
 def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: CaptionTokens, steps: int,
-                    batch_size: int, lr: float, weight_decay: float, seed: int, device: str = "cpu") -> list[float]:
+                    batch_size: int, lr: float, weight_decay: float, seed: int, device: str = "cpu",
+                    rank: int = 0, world: int = 1) -> list[float]:
     """Fine-tune `tower` in place with CLIP's symmetric InfoNCE against fixed image embeddings.
 
     Each step draws `batch_size` images without replacement (seeded) and one of each image's
     captions; AdamW with cosine annealing and gradient clipping at 1, as the mini CLIP was
     trained. Returns the loss per step; a NaN or infinite loss is a PipelineError.
+
+    Several processes (`rank` of `world`, see `gmail.downstream.ddp`): every process draws the
+    same batch and encodes its share of the captions; the text embeddings are all-gathered (each
+    process's own keep their gradient) and every process computes the whole batch's loss,
+    multiplied by `world`, so DistributedDataParallel's gradient average is the one-process
+    gradient (the temperature, which every process sees whole, enters at 1/`world` weight).
     """
     n = len(image_embeddings)
     if n != len(captions.counts):
@@ -210,6 +217,7 @@ def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     gen = torch.Generator().manual_seed(seed)
+    encoder = wrap(_EncodeText(tower), world)  # DistributedDataParallel with several processes
 
     # 2. Loop: a random batch of images, one random reference caption each.
     tower.train()
@@ -217,6 +225,16 @@ def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: 
     for step in range(1, steps + 1):
         idx = torch.randperm(n, generator=gen)[:batch_size]
         pick = captions.starts[idx] + (torch.rand(len(idx), generator=gen) * captions.counts[idx]).long()
+        if world > 1:
+            loss = _shared_loss(encoder, captions.tokens[pick].to(device), z_img[idx.to(device)], tower.logit_scale,
+                                rank, world)
+            opt.zero_grad(set_to_none=True)
+            (loss * world).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(check_loss(loss.item(), "text tuning", step, f"lower tune_text.lr (now {lr:g})"))
+            continue
         z_txt = tower.encode_text(captions.tokens[pick].to(device))
         if z_txt.shape[-1] != z_img.shape[-1]:
             raise PipelineError(f"the text tower embeds into {z_txt.shape[-1]} dims but the image embeddings have "
@@ -230,6 +248,54 @@ def tune_text_tower(tower: nn.Module, image_embeddings: torch.Tensor, captions: 
         losses.append(check_loss(loss.item(), "text tuning", step, f"lower tune_text.lr (now {lr:g})"))
     tower.eval()
     return losses
+
+
+# gmail.downstream.ddp's scheme, its two helpers repeated here: the evaluation stages import this
+# module, and importing ddp would make every one of them depend on it.
+def share(n: int, rank: int, size: int) -> torch.Tensor:
+    """Indices of this rank's rows of an n-row batch (rank, rank + size, ...)."""
+    return torch.arange(rank, n, size)
+
+
+def wrap(model: nn.Module, size: int) -> nn.Module:
+    """`model` in DistributedDataParallel (accelerate's prepare_model) with several processes, else itself."""
+    if size == 1:
+        return model
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=next(model.parameters()).device.type == "cpu").prepare_model(model)
+
+
+class _EncodeText(nn.Module):
+    """`tower.encode_text` as a module's forward, what DistributedDataParallel wraps."""
+
+    def __init__(self, tower: nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tower.encode_text(tokens)
+
+
+def _shared_loss(encoder: nn.Module, tokens: torch.Tensor, z_img: torch.Tensor, logit_scale: torch.Tensor,
+                 rank: int, world: int) -> torch.Tensor:
+    """The batch's CLIP loss on one of `world` processes: this rank encodes rows rank::world, the
+    others' text embeddings come from all_gather (no gradient), and the temperature's gradient is
+    scaled by 1/world, since every rank computes it whole."""
+    mine = share(len(tokens), rank, world).to(tokens.device)
+    z_mine = encoder(tokens[mine])
+    if z_mine.shape[-1] != z_img.shape[-1]:
+        raise PipelineError(f"the text tower embeds into {z_mine.shape[-1]} dims but the image embeddings have "
+                            f"{z_img.shape[-1]}: tune with the encoder params that computed the embeddings")
+    parts = [torch.zeros(len(share(len(tokens), r, world)), z_mine.shape[-1], dtype=z_mine.dtype, device=z_mine.device)
+             for r in range(world)]
+    torch.distributed.all_gather(parts, z_mine.detach().contiguous())
+    parts[rank] = z_mine
+    z_txt = torch.empty(len(tokens), z_mine.shape[-1], dtype=z_mine.dtype, device=z_mine.device)
+    z_txt = z_txt.index_copy(0, torch.cat([share(len(tokens), r, world) for r in range(world)]).to(tokens.device),
+                             torch.cat(parts))
+    scale = logit_scale / world + (logit_scale * (1 - 1 / world)).detach()  # same value, 1/world of the gradient
+    return clip_loss(z_img, z_txt, scale)
 
 
 @torch.no_grad()

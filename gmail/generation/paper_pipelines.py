@@ -1,8 +1,9 @@
 """Paper-scale text-to-image generation for the `generate` stage.
 
 The GMAIL paper samples its synthetic images with Stable Diffusion 2 (base, DDIM sampler)
-and FLUX.1-schnell. This module loads either through diffusers' own `from_pretrained` and
-yields images one caption at a time, seeded per caption so that an image depends only on
+and FLUX.1-schnell. This module loads either through diffusers' own `from_pretrained`, or any
+diffusers text-to-image model given as a Hub id pinned to a commit (`org/name@<40-hex sha>`,
+loaded with `AutoPipelineForText2Image`), and yields images one caption at a time, seeded per caption so that an image depends only on
 (caption, seed, sampler settings) and never on batch size or on which batch it landed in.
 
 Speed options (all off by default) leave the sampler's maths alone: no step is skipped and no
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -27,6 +29,9 @@ from PIL import Image
 from gmail.core.errors import PipelineError
 
 FAMILIES = ("sd2", "flux")
+# A Hub model pinned to one commit: `org/name@<40-hex sha>`. A branch or tag (`main`) moves, so the
+# same params could load other weights while DVC serves the old images; a sha never moves.
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<revision>[0-9a-f]{40})$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # FLUX.1-schnell was distilled with a 256-token T5 context; longer contexts only cost time.
@@ -45,22 +50,50 @@ ATTENTION_BACKENDS = {
 }
 
 
-def load_paper_pipeline(family: str, id_or_path: str, dtype: str = "float16", device: str = "cuda", *,
+def parse_model(model: str, key: str = "gen.model") -> tuple[str, str | None]:
+    """`(family, None)` for a family name ("sd2", "flux"), `(repo id, revision)` for a pinned Hub id
+    `org/name@<40-hex commit sha>`. Anything else, an unpinned id included, is a PipelineError naming
+    `key` that says how to pin it."""
+    if model in FAMILIES:
+        return model, None
+    match = HUB_ID.match(model) if isinstance(model, str) else None
+    if match:
+        return match["repo"], match["revision"]
+    repo = model.split("@", 1)[0] if isinstance(model, str) else ""
+    if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$", repo):
+        raise PipelineError(
+            f"{key} {model!r} is not pinned to a commit (a branch or tag moves, and DVC would serve images of other weights): "
+            f"write {repo}@<40-hex commit sha>; on a connected machine `hf download {repo}` prints its snapshots/<sha> folder, "
+            f"or run python -c \"from huggingface_hub import HfApi; print(HfApi().model_info('{repo}').sha)\"")
+    raise PipelineError(f"unknown {key} {model!r}: use one of {', '.join(FAMILIES)} or a Hub id pinned to a commit, "
+                        "org/name@<40-hex sha> (e.g. dvc exp run -S gen.model=flux)")
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether `model` is a pinned Hub id (`org/name@<sha>`) rather than a family name."""
+    return isinstance(model, str) and HUB_ID.match(model) is not None
+
+
+def load_paper_pipeline(family: str, id_or_path: str | None, dtype: str = "float16", device: str = "cuda", *,
                         channels_last: bool = False, fuse_qkv: bool = False, compile_mode: str | None = None,
                         compile_vae: bool = False):
     """Load the paper's text-to-image pipeline and move it to `device`.
 
     family: "sd2" loads a `StableDiffusionPipeline` (paper: `stabilityai/stable-diffusion-2-base`)
     and switches it to a DDIM scheduler; "flux" loads a `FluxPipeline` (paper:
-    `black-forest-labs/FLUX.1-schnell`). `id_or_path` is a Hub id or a local directory saved with
-    `save_pretrained`. `dtype` is one of "float32", "float16", "bfloat16".
+    `black-forest-labs/FLUX.1-schnell`); for both `id_or_path` is a Hub id or a local directory
+    saved with `save_pretrained`. family may instead be a pinned Hub id `org/name@<sha>` (see
+    `parse_model`; `id_or_path` is then not read): `AutoPipelineForText2Image` loads that commit,
+    an SD 1.x/2.x pipeline switched to DDIM as for "sd2", any other with its own scheduler.
+    `dtype` is one of "float32", "float16", "bfloat16".
     The keyword-only speed options are passed to `speed_up_pipeline` (all off by default).
     Raises PipelineError for an unknown family/dtype, an unusable device, or a model that cannot
     be loaded.
     """
     _check_speed_options(compile_mode)
-    if family not in FAMILIES:
-        raise PipelineError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
+    source, revision = parse_model(family, "model family")
+    if revision is None:
+        source = id_or_path
     if dtype not in DTYPES:
         raise PipelineError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     # Fail before the (slow) load rather than after it when the GPU is missing.
@@ -71,26 +104,34 @@ def load_paper_pipeline(family: str, id_or_path: str, dtype: str = "float16", de
     import diffusers
 
     torch_dtype = DTYPES[dtype]
+    # The safety checker would blacken "unsafe" images and so silently change the synthetic data
+    # set; SD2-base ships without one anyway, so make that explicit.
+    no_checker = {"safety_checker": None, "requires_safety_checker": False}
     try:
-        if family == "sd2":
-            # The safety checker would blacken "unsafe" images and so silently change the
-            # synthetic data set; SD2-base ships without one anyway, so make that explicit.
-            pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-                id_or_path, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
-            )
+        if revision is not None:
+            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(source, revision=revision, dtype=torch_dtype,
+                                                                       **_checker_kwargs(source, revision, no_checker))
+            if isinstance(pipe, diffusers.StableDiffusionPipeline):
+                # SD 1.x/2.x as the "sd2" family: the paper samples it with DDIM.
+                pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+        elif family == "sd2":
+            pipe = diffusers.StableDiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **no_checker)
             # The paper samples SD2 with DDIM; keep the checkpoint's noise schedule settings.
             pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
         else:
-            pipe = diffusers.FluxPipeline.from_pretrained(id_or_path, dtype=torch_dtype)
+            pipe = diffusers.FluxPipeline.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        download = f"hf download {source}" + (f" --revision {revision}" if revision else "")
         hint = (
-            f"HF_HUB_OFFLINE is set, so download it into the cache first (hf download {id_or_path}) or pass a local directory"
+            f"HF_HUB_OFFLINE is set, so download it into the cache first ({download}; HF_HOME says where the cache is)"
+            + ("" if revision else " or pass a local directory")
             if offline
             else "check the id or path, download it first (hf download ID), or set HF_HUB_OFFLINE=1 to use the local cache"
         )
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"cannot load {family} pipeline from {id_or_path!r} ({first_line}): {hint}") from exc
+        what = family if revision is not None else f"{family} pipeline from {source!r}"
+        raise PipelineError(f"cannot load {what} ({first_line[:300]}): {hint}") from exc
 
     try:
         pipe = pipe.to(device)
@@ -100,6 +141,18 @@ def load_paper_pipeline(family: str, id_or_path: str, dtype: str = "float16", de
     pipe.set_progress_bar_config(disable=True)
     return speed_up_pipeline(pipe, channels_last=channels_last, fuse_qkv=fuse_qkv, compile_mode=compile_mode,
                              compile_vae=compile_vae)
+
+
+def _checker_kwargs(repo: str, revision: str, no_checker: dict) -> dict:
+    """`no_checker` when the pipeline at `repo@revision` has a safety checker (SD 1.x), else nothing:
+    other pipeline classes would warn about keyword arguments they do not take."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(repo, revision=revision)
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports the missing model itself
+    return no_checker if "safety_checker" in config else {}
 
 
 def _check_speed_options(compile_mode: str | None = None, attention_backend: str | None = None, prefetch: int = 0) -> None:
@@ -114,30 +167,33 @@ def _check_speed_options(compile_mode: str | None = None, attention_backend: str
 
 def speed_up_pipeline(pipe, *, channels_last: bool = False, fuse_qkv: bool = False, compile_mode: str | None = None,
                       compile_vae: bool = False):
-    """Apply speed options to a loaded SD2 or FLUX pipeline in place and return it.
+    """Apply speed options to a loaded pipeline (SD2, FLUX, or any UNet or transformer one) in place and return it.
 
     None of them changes the sampler's maths (same steps, no caching); images change by float
     rounding only. `fuse_qkv` merges each attention's q/k/v (k/v for cross-attention) projections
     into one matmul, in the denoiser and the VAE. `channels_last` stores the UNet's and the VAE's
     convolution activations as NHWC, the layout tensor-core convolutions run in. `compile_mode`
     (None, or one of COMPILE_MODES) compiles the denoiser with torch.compile: the whole UNet for
-    SD2, the repeated transformer blocks for FLUX (regional compilation: the same speed for a
+    SD2, the repeated transformer blocks for FLUX and other transformers that declare them, else the whole transformer (regional compilation: the same speed for a
     fraction of the compile time); `compile_vae` compiles the VAE decoder as well. Compiling sets
     process-wide inductor flags (those of the diffusers "accelerate inference" tutorial) and
     happens lazily, on the first batch; shapes are static, so each distinct batch size compiles
     once (keep shard sizes a multiple of the batch size).
     """
     _check_speed_options(compile_mode)
-    flux = _is_flux(pipe)
-    denoiser = pipe.transformer if flux else pipe.unet
+    # A UNet (SD 1.x/2.x, SDXL) or a transformer (FLUX, SD3, PixArt, ...).
+    unet = getattr(pipe, "unet", None)
+    denoiser = unet if unet is not None else pipe.transformer
     # 1. Fused projections first: they replace modules that compile would otherwise trace.
     if fuse_qkv:
-        denoiser.fuse_qkv_projections()
-        pipe.vae.fuse_qkv_projections()
-    # 2. Memory layout (the FLUX transformer has no convolutions).
+        for module in (denoiser, pipe.vae):
+            if not hasattr(module, "fuse_qkv_projections"):
+                raise PipelineError(f"{type(module).__name__} has no fused attention projections: set gen.fuse_qkv false")
+            module.fuse_qkv_projections()
+    # 2. Memory layout (transformers have no convolutions after their patch embedding).
     if channels_last:
-        if not flux:
-            pipe.unet.to(memory_format=torch.channels_last)
+        if unet is not None:
+            unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     # 3. Compile last, so that it sees the final modules and layouts.
     if compile_mode is not None:
@@ -148,10 +204,10 @@ def speed_up_pipeline(pipe, *, channels_last: bool = False, fuse_qkv: bool = Fal
         inductor.coordinate_descent_check_all_directions = True
         inductor.epilogue_fusion = False
         options = {"mode": None if compile_mode == "default" else compile_mode, "fullgraph": True, "dynamic": False}
-        if flux:
-            pipe.transformer.compile_repeated_blocks(**options)
+        if unet is None and getattr(denoiser, "_repeated_blocks", None):
+            denoiser.compile_repeated_blocks(**options)
         else:
-            pipe.unet.compile(**options)
+            denoiser.compile(**options)
         if compile_vae:
             # The decoder module, not `vae.decode`: the SD pipeline passes the generator list to
             # `decode`, which would make every batch a new compile guard.
@@ -206,8 +262,9 @@ def generate_paper_images(
 
     flux = _is_flux(pipe)
     # FLUX packs latents into 2x2 patches, so its stride is twice the VAE's; it would silently
-    # shrink a non-multiple size, and SD would raise deep inside diffusers.
-    stride = pipe.vae_scale_factor * (2 if flux else 1)
+    # shrink a non-multiple size, and SD would raise deep inside diffusers. SD3 keeps its patch
+    # size on the pipeline.
+    stride = pipe.vae_scale_factor * (2 if flux else int(getattr(pipe, "patch_size", None) or 1))
     if height <= 0 or width <= 0 or height % stride or width % stride:
         raise PipelineError(f"image size {height}x{width} is not a positive multiple of {stride}: choose height and width divisible by {stride}")
 
@@ -327,11 +384,12 @@ def pipeline_sampler(pipe, steps: int, guidance: float, resolution: int, batch_s
     return sampler
 
 
-def paper_sampler(family: str, id_or_path: str, steps: int, guidance: float, resolution: int, batch_size: int,
+def paper_sampler(family: str, id_or_path: str | None, steps: int, guidance: float, resolution: int, batch_size: int,
                   dtype: str = "float16", device: str = "cuda", *, channels_last: bool = False, fuse_qkv: bool = False,
                   compile_mode: str | None = None, compile_vae: bool = False, prefetch: int = 0,
                   attention_backend: str | None = None) -> Callable[[list[str], list[int]], Iterator[np.ndarray]]:
-    """A sampler for the paper's pipeline (loaded here, once): `sampler(prompts, seeds)` yields one
+    """A sampler for the paper's pipeline (loaded here, once, as `load_paper_pipeline(family,
+    id_or_path)`: a family and its weights, or a pinned Hub id): `sampler(prompts, seeds)` yields one
     (R, R, 3) uint8 image per prompt, in order, image i from `seeds[i]`.
 
     Speed options (all off by default, none changes the sampler's maths): `channels_last`,

@@ -65,8 +65,16 @@ def llm_source(name: str) -> tuple[str, dict]:
     return name, {}
 
 
-def load_llm(name: str):
-    """(model, tokenizer) for `name` (`smollm2`, a hub id or a local directory), float32, eval mode.
+def load_llm(name: str, dtype: str = "float32"):
+    """(model, tokenizer) for `name` (`smollm2`, a hub id or a local directory), eval mode, its
+    weights in `dtype` (params `llm.dtype`: float32 | bfloat16 | float16).
+
+    A 7-8B model in float32 needs ~30 GB for its weights alone, so a paper-scale LLM loads in
+    the dtype it computes in. The packaged SmolLM2 is always float32 (transformers dequantises
+    its GGUF file to float32; mini computes in float32). What trains stays float32 whatever
+    `dtype` is: peft creates LoRA weights in float32 on a half-precision base
+    (`autocast_adapter_dtype`), and the connectors are built in float32; the forward pass runs
+    under autocast in `dtype` (`gmail.downstream.llava.train_llava`).
 
     The tokenizer gets a padding token (its end-of-sequence token) when it has none; every
     weight is frozen (the caller adds LoRA).
@@ -74,13 +82,18 @@ def load_llm(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from gmail.core.config import torch_dtype
+
     source, kwargs = llm_source(name)
+    torch_dtype(dtype)  # an unknown name is a PipelineError before anything loads
+    if name == SMOLLM2:
+        dtype = "float32"
     # transformers' per-tensor loading bars would land on stderr around a stage's one-line error.
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype="float32", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise PipelineError(f"cannot load LLM {name!r} ({first[:200]}): give a local save_pretrained directory "

@@ -107,7 +107,8 @@ GOOD = [
     ("caption", {"lr": 2e-5, "val_fraction": 0.5}),
     ("gen", {"steps": TRAIN_TIMESTEPS, "guidance": 0.0}),
     ("gen", {"steps": 1, "guidance": 50.0}),
-    ("gen", {"scale": "paper", "sd2": "stabilityai/stable-diffusion-2-base", "steps": 50, "guidance": 7.5}),
+    ("gen", {"scale": "paper", "model": "stabilityai/stable-diffusion-2-base@" + "0" * 40, "weights": "pretrain/hub-model.txt",
+             "steps": 50, "guidance": 7.5}),
     ("fidelity", {"steps": TRAIN_TIMESTEPS}),
     ("generator", {"ema_decay": 0.0, "p_uncond": 0.0, "max_minutes": 0.0}),
     ("llm", {"lr": 1.0, "weight_decay": 0.0}),
@@ -143,9 +144,9 @@ def test_steps_limit_is_the_saved_schedulers_training_timesteps(tmp_path):
     (model / "scheduler").mkdir(parents=True)
     (model / "scheduler/scheduler_config.json").write_text('{"num_train_timesteps": 50}')
     assert train_timesteps(model) == 50
-    assert _build("gen", {"sd2": str(model), "steps": 50}).steps == 50
+    assert _build("gen", {"weights": str(model), "steps": 50}).steps == 50
     with pytest.raises(PipelineError, match=r"gen\.steps=51 must be at most 50"):
-        _build("gen", {"sd2": str(model), "steps": 51})
+        _build("gen", {"weights": str(model), "steps": 51})
     # A hub id or a missing folder has no config to read: the SD2 / FLUX schedulers' 1000.
     assert train_timesteps("stabilityai/stable-diffusion-2-base") == train_timesteps(tmp_path / "missing") == TRAIN_TIMESTEPS
 

@@ -123,3 +123,26 @@ def test_read_mmmu_errors_name_the_problem(mmmu, tmp_path):
 def test_load_benchmark_images_rejects_corrupt_bytes():
     with pytest.raises(PipelineError, match="question q1 has a corrupt image"):
         load_benchmark_images([{"id": "q1", "image": b"not an image"}], 4)
+
+
+def test_load_benchmark_images_follow_the_towers_crop_protocol(tmp_path):
+    """A wide image (red | green | blue thirds): a `CropSize` (the paper tower's `load_size`)
+    resizes the short side and centre-crops, as open_clip's preprocess, so only the green
+    centre is left, from bytes (MMMU) and from a file (ScienceQA) alike; a plain int squashes."""
+    from gmail.core.io import CropSize, fit_image
+
+    im = Image.new("RGB", (90, 10), "red")
+    im.paste((0, 255, 0), (30, 0, 60, 10))
+    im.paste((0, 0, 255), (60, 0, 90, 10))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    im.save(tmp_path / "wide.png")
+    rows = [{"id": "mmmu", "image": buf.getvalue()}, {"id": "sqa", "image": str(tmp_path / "wide.png")}]
+    cropped = load_benchmark_images(rows, CropSize(8))
+    assert cropped.shape == (2, 8, 8, 3)
+    assert (cropped[0] == cropped[1]).all()  # both sources, one protocol
+    assert (cropped[0] == np.asarray(fit_image(im, CropSize(8)))).all()
+    assert (cropped[0].argmax(-1) == 1).all()  # every pixel of the crop is from the green third
+    squashed = load_benchmark_images(rows, 8)
+    assert squashed.shape == (2, 8, 8, 3)
+    assert [int(squashed[0, 4, x].argmax()) for x in (0, 4, 7)] == [0, 1, 2]  # squashed: red, green and blue all kept

@@ -100,6 +100,18 @@ def test_loss_is_cross_entropy_on_the_answer_tokens_only(llm_tok):
         start = prefix.shape[1] + len(prompts[i]) - 1
         terms.append(F.cross_entropy(logits[start:start + len(answers[i])], torch.tensor(answers[i]), reduction="none"))
     assert got.item() == pytest.approx(torch.cat(terms).mean().item(), rel=1e-5)
+    # token_sum (data-parallel training scales it itself): the sum, and `forward` is `loss` (what DDP calls).
+    assert model(z, names, prompts, answers, token_sum=True).item() == pytest.approx(torch.cat(terms).sum().item(), rel=1e-5)
+
+
+def test_several_processes_need_a_row_each(llm_tok):
+    """A batch smaller than the process count would leave a process with no rows: a one-line
+    error before any distributed call."""
+    llm, tok = llm_tok
+    model = build_llava(_config(), llm, tok, DIM, "single")
+    images = ImageSet("single", _z(4), [["a red circle"]] * 4, [[]] * 4)
+    with pytest.raises(PipelineError, match="llm.batch_size=1 is smaller than the 2 processes"):
+        train_llava(model, tok, [images], 2, 1, 1e-3, 1e-3, 0.0, 0.0, rank=0, world=2, progress=False)
 
 
 def test_dual_projection_routes_each_row_through_its_own_connector(llm_tok):
@@ -239,3 +251,22 @@ def test_training_stops_on_a_non_finite_loss(llm_tok):
                                             r"llm\.lr_projection \(now 0\.01\) or check the inputs$"):
         train_llava(model, tok, sets, steps=2, batch_size=2, lr=1e-3, lr_projection=1e-2, weight_decay=0.0,
                     vqa_fraction=0.0, seed=0, progress=False)
+
+
+def test_llm_loads_in_the_configured_dtype_and_trains_its_adapters_in_float32(tiny_dir):
+    """A Llama saved in float32 loads as bfloat16 when llm.dtype says so (half the memory); LoRA
+    and connectors stay float32 and a bfloat16 training step runs and moves them."""
+    llm, tok = load_llm(str(tiny_dir), "bfloat16")
+    assert {p.dtype for p in llm.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in load_llm(str(tiny_dir))[0].parameters()} == {torch.float32}  # the default
+    model = build_llava(_config(), llm, tok, DIM, "single", seed=0)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and {p.dtype for p in trainable.values()} == {torch.float32}
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    sets = [ImageSet("single", _z(2), [["a red circle"], ["a blue square"]], [[], []])]
+    log = train_llava(model, tok, sets, steps=2, batch_size=2, lr=1e-2, lr_projection=1e-2, weight_decay=0.0,
+                      vqa_fraction=0.0, seed=0, dtype=torch.bfloat16, progress=False)
+    assert len(log.losses) == 2 and all(map(torch.isfinite, map(torch.tensor, log.losses)))
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    with pytest.raises(PipelineError, match="unknown dtype"):
+        load_llm(str(tiny_dir), "float8")

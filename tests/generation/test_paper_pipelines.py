@@ -155,7 +155,7 @@ def test_generate_stage_at_paper_scale(family, request, tmp_path, monkeypatch):
     rows = [{"image_id": f"im{i}", "path": f"images/im{i}.png", "captions": [f"a red shape number {i}"]} for i in range(3)]
     (caps / "B.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = write_params(tmp_path / "p.yaml", seed=3, paths={"captions": str(caps), "generated": str(tmp_path / "gen")},
-                          gen={"scale": "paper", "model": family, "per_real": 1, family: str(model_dir), "steps": STEPS, "guidance": 2.0,
+                          gen={"scale": "paper", "model": family, "per_real": 1, "weights": str(model_dir), "steps": STEPS, "guidance": 2.0,
                                "resolution": SIZE, "batch_size": 2, "dtype": "float32", "device": "cpu"})
     generate.main(["--params", params])
     out = [json.loads(x) for x in (tmp_path / "gen/manifest.jsonl").read_text().splitlines()]
@@ -165,3 +165,32 @@ def test_generate_stage_at_paper_scale(family, request, tmp_path, monkeypatch):
     assert all(img.shape == (SIZE, SIZE, 3) for _, img in images)
     metrics = json.loads((tmp_path / "metrics/generate.json").read_text())
     assert metrics["scale"] == "paper" and metrics["model"] == family and metrics["count"] == 3
+
+
+def test_parse_model_takes_families_and_pinned_hub_ids_only():
+    from gmail.generation.paper_pipelines import parse_model
+
+    sha = "0123456789abcdef" * 2 + "01234567"
+    assert parse_model("sd2") == ("sd2", None) and parse_model("flux") == ("flux", None)
+    assert parse_model(f"stabilityai/stable-diffusion-xl-base-1.0@{sha}") == ("stabilityai/stable-diffusion-xl-base-1.0", sha)
+    for unpinned in ("PixArt-alpha/PixArt-XL-2-512x512", "org/name@main", f"org/name@{sha.upper()}", f"org/name@{sha[:-1]}"):
+        with pytest.raises(PipelineError, match=r"is not pinned to a commit.*org/name@<40-hex commit sha>|is not pinned.*PixArt"):
+            parse_model(unpinned)
+    for bad in ("dalle", f"-org/name@{sha}", f"org/na me@{sha}", f"org/name/x@{sha}"):
+        with pytest.raises(PipelineError, match=r"unknown gen\.model"):
+            parse_model(bad)
+
+
+def test_a_hub_id_loads_through_auto_pipeline_with_ddim_for_stable_diffusion(sd2_dir, tmp_path, monkeypatch):
+    """`load_paper_pipeline("org/name@<sha>", None)`: AutoPipelineForText2Image at that commit from the cache."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from huggingface_hub import constants
+
+    from tools.paper_fixtures import write_hub_snapshot
+
+    sha = "c" * 40
+    write_hub_snapshot(tmp_path / "hf_home", "gmail-smoke/tiny-sd2", sha, sd2_dir)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    pipe = load_paper_pipeline(f"gmail-smoke/tiny-sd2@{sha}", None, dtype="float32", device="cpu")
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.safety_checker is None

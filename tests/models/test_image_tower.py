@@ -95,3 +95,81 @@ def test_embeddings_round_trip_and_reject_other_images(tmp_path):
         read_embeddings(tmp_path, "B.f_r", ["a", "c", "b"])
     with pytest.raises(PipelineError, match="not found"):
         read_embeddings(tmp_path, "T.f_r", ["a"])
+
+
+# --------------------------------------------------------------------------- any open_clip model/pretrained pair
+
+HUB_REVISION = "a" * 40
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(tmp_path_factory):
+    """tools.paper_fixtures' tiny open_clip as a `local-dir:` folder."""
+    from tools.paper_fixtures import save_tiny_open_clip
+
+    path = tmp_path_factory.mktemp("open_clip_dir")
+    save_tiny_open_clip(path)
+    return path
+
+
+def test_local_dir_and_pinned_hf_hub_load_the_saved_weights(open_clip_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import load_file
+
+    from tools.paper_fixtures import write_hub_snapshot
+
+    saved = load_file(str(open_clip_dir / "open_clip_model.safetensors"))["visual.conv1.weight"]
+    tower = load_image_tower("paper", "unused", name=f"local-dir:{open_clip_dir}", pretrained="")
+    assert torch.equal(tower.visual.conv1.weight, saved)
+    # The same folder as Hub model gmail-smoke/tiny-clip at one commit, read offline from the cache.
+    write_hub_snapshot(tmp_path / "hf_home", "gmail-smoke/tiny-clip", HUB_REVISION, open_clip_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    tower = load_image_tower("paper", "unused", name=f"hf-hub:gmail-smoke/tiny-clip@{HUB_REVISION}", pretrained="openai")
+    assert torch.equal(tower.visual.conv1.weight, saved)
+    with pytest.raises(PipelineError, match=r"cannot find open_clip model gmail-smoke/tiny-clip at b{40}.*hf download gmail-smoke/tiny-clip --revision"):
+        load_image_tower("paper", "unused", name=f"hf-hub:gmail-smoke/tiny-clip@{'b' * 40}", pretrained="")
+
+
+def _one_line(exc_info) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message and ": " in message, message
+    return message
+
+
+@pytest.mark.parametrize("name,pretrained,fragments", [
+    ("hf-hub:gmail-smoke/tiny-clip", "", ("is not pinned to a commit", "hf-hub:gmail-smoke/tiny-clip@<40-hex commit sha>", "HfApi")),
+    ("hf-hub:gmail-smoke/tiny-clip@main", "", ("is not pinned to a commit",)),
+    ("ViT-B-32", "", ("encoder.pretrained is empty", "random weights")),
+    ("ViT-B-32", "/no/such/ViT-B-32.pt", ("is no file", "list_pretrained_tags_by_model")),
+    ("gmail-no-such-vit", "openai", ("cannot load open_clip 'gmail-no-such-vit'", "open_clip.list_models()")),
+    ("ViT-B-32", "no-such-tag", ("cannot load open_clip 'ViT-B-32' with pretrained='no-such-tag'",)),
+])
+def test_bad_open_clip_pairs_are_one_line_errors(name, pretrained, fragments):
+    with pytest.raises(PipelineError) as exc_info:
+        load_image_tower("paper", "unused", name=name, pretrained=pretrained)
+    message = _one_line(exc_info)
+    assert all(f in message for f in fragments), message
+
+
+def test_a_local_dir_without_weights_is_refused_not_loaded_at_random(open_clip_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    shutil.copy2(open_clip_dir / "open_clip_config.json", folder)
+    with pytest.raises(PipelineError, match="no weights in .*open_clip would load random weights") as exc_info:
+        load_image_tower("paper", "unused", name=f"local-dir:{folder}", pretrained="")
+    _one_line(exc_info)
+    with pytest.raises(PipelineError, match="no open_clip_config.json"):
+        load_image_tower("paper", "unused", name=f"local-dir:{tmp_path / 'missing'}", pretrained="")
+
+
+def test_encoder_params_refuse_an_unpinned_hf_hub_name():
+    from gmail.models.image_tower import EncoderParams
+
+    params = dict(scale="paper", mini="unused", pretrained="", batch_size=4, device="cpu")
+    EncoderParams(name=f"hf-hub:org/model@{HUB_REVISION}", **params).validate("encoder")
+    with pytest.raises(PipelineError, match=r"encoder\.name 'hf-hub:org/model' is not pinned"):
+        EncoderParams(name="hf-hub:org/model", **params).validate("encoder")

@@ -178,3 +178,34 @@ def test_missing_adapter_is_a_one_line_error(embedded_workspace, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no aligned encoder" in err[0]
     assert not (tmp_path / "z.npy").exists()
+
+
+def test_streaming_sampler_aligns_generated_and_noise_as_the_memory_one_reads_them(aligned_workspace, monkeypatch):
+    """`align.sampler: stream` reads the images afresh per pass: same rows, same f_r view, f_g moved."""
+    ws = aligned_workspace
+    monkeypatch.chdir(ws)
+    p = write_params(ws / "stream.yaml", ws / "params.yaml", align={"sampler": "stream", "shuffle_buffer": 5, "batch_size": 3},
+                     paths=_variant_paths(ws, "stream"))
+    for source in ("generated", "noise"):
+        align.main(["--params", p, "--source", source])
+        m = json.loads((ws / f"stream/metrics/align/{source}.json").read_text())
+        memory = json.loads((ws / f"metrics/align/{source}.json").read_text())
+        for key in ("pairs_aligned", "pairs_heldout", "real_aligned", "real_heldout"):
+            assert m[key] == memory[key]
+        assert m["cos_before"] == pytest.approx(memory["cos_before"], abs=1e-5)
+        assert m["cos_after"]["aligned"] != pytest.approx(m["cos_before"]["aligned"], abs=1e-4)
+        folder = "generated/f_g" if source == "generated" else "noise"
+        assert json.loads((ws / f"stream/emb/{folder}/ids.json").read_text()) == \
+            json.loads((ws / f"data/embeddings/{folder}/ids.json").read_text())
+    noise = ws / "stream/emb/noise/B.f_r.npy"
+    assert np.allclose(np.load(noise), np.load(ws / "data/embeddings/noise/B.f_r.npy"), atol=1e-6)
+
+
+def test_bad_sampler_settings_are_one_line_errors(embedded_workspace, monkeypatch, capsys):
+    ws = embedded_workspace
+    monkeypatch.chdir(ws)
+    for i, (bad, key) in enumerate([({"sampler": "disk"}, "align.sampler"), ({"shuffle_buffer": 3, "batch_size": 4}, "align.shuffle_buffer")]):
+        p = write_params(ws / f"bs{i}.yaml", ws / "params.yaml", align=bad, paths=_variant_paths(ws, f"bs{i}"))
+        assert run(align.main, ["--params", p, "--source", "generated"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0], err

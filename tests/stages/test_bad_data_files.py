@@ -114,7 +114,7 @@ def test_captions_as_a_string_is_an_error_not_one_image_per_letter(downstream_wo
     rows[1]["captions"] = "redcircle"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_params(ws / "params.yaml", ws / "params.yaml",
-                 gen={"sd2": str(ROOT / "pretrain/models/sd2"), "flux": str(ROOT / "pretrain/models/flux"), "device": "cpu"})
+                 gen={"weights": str(ROOT / "pretrain/models/sd2"), "device": "cpu"})
     _run_failing(ws, "stages.generate", fragments=("data/captions/B.jsonl:2", "captions 'redcircle', a string, not a list"))
 
 

@@ -107,3 +107,54 @@ def test_errors_are_one_line_and_leave_nothing(case, tmp_path, monkeypatch, caps
     leftovers = list((tmp_path / "data").glob(".captions*")) if (tmp_path / "data").exists() else []
     assert leftovers == []
     assert not (tmp_path / "metrics" / "captions.json").exists()
+
+
+# --------------------------------------------------------------------------- paper: B and T from their own sources
+
+
+@pytest.fixture(scope="module")
+def paper_sources(tmp_path_factory):
+    """The paper-smoke CC3M webdataset shard (B) and Karpathy COCO file (T), built by tools.paper_fixtures."""
+    from tools.paper_fixtures import write_cc3m, write_coco
+
+    root = tmp_path_factory.mktemp("sources")
+    write_cc3m(root / "cc3m", seed=0)
+    write_coco(root / "coco", seed=0)
+    return root
+
+
+def test_b_from_webdataset_shards_and_t_from_karpathy_test(paper_sources, tmp_path, monkeypatch):
+    """T7's layout: B from CC3M shards (images extracted into the stage's output), T from COCO's Karpathy test split."""
+    monkeypatch.chdir(tmp_path)
+    coco = paper_sources / "coco"
+    params = write_params(tmp_path / "params.yaml", data={
+        "source": "webdataset", "source_t": "karpathy", "n_b": 20, "n_t": 5,
+        "paper_b": {"tar_paths": str(paper_sources / "cc3m")},
+        "paper_t": {"json_path": str(coco / "dataset_coco.json"), "image_root": str(coco), "split": "test"}})
+    captions.main(["--params", params])
+    out = tmp_path / "data" / "captions"
+    b, t = read_jsonl(out / "B.jsonl"), read_jsonl(out / "T.jsonl")
+    assert len(b) == 20 and len(t) == 5 and not (out / "A.jsonl").exists()
+    for rec in b:  # webdataset images live in the stage's output, relative to the JSONL as easy-vqa's
+        assert rec["path"].startswith("images/B/") and (out / rec["path"]).is_file() and len(rec["captions"]) == 1
+    coco_test = [im for im in json.loads((coco / "dataset_coco.json").read_text())["images"] if im["split"] == "test"]
+    assert [r["image_id"] for r in t] == [str(im["cocoid"]) for im in coco_test][:5]
+    assert all(Path(r["path"]).is_file() and str(coco) in r["path"] and len(r["captions"]) == 5 for r in t)
+    metrics = json.loads((tmp_path / "metrics" / "captions.json").read_text())
+    assert metrics["n_b"] == 20 and metrics["n_t"] == 5 and metrics["refs_per_image"] == 1
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"source": "easy_vqa", "source_t": "karpathy"}, "easy_vqa gives B and T together"),
+    ({"source": "karpathy", "source_t": "easy_vqa"}, "easy_vqa gives B and T together"),
+    ({"source_t": "flickr"}, "unknown data.source_t 'flickr'"),
+    ({"source": "webdataset", "source_t": "karpathy", "paper_b": {"tar_paths": "x", "out_image_dir": "y"}, "paper_t": {"json_path": "j"}},
+     "data.paper_b sets out_image_dir: remove it"),
+])
+def test_mismatched_sources_are_one_line_errors(data, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "params.yaml", data=data)
+    assert run(captions.main, ["--params", params]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "data").exists()

@@ -75,7 +75,7 @@ def test_urban1k_and_sharegpt4v_sources_embed_their_images(tuned, monkeypatch, t
     ws = tuned
     monkeypatch.chdir(ws)
     root = urban1k(ws, tmp_path / "Urban1k")
-    eval_long_retrieval.main(["--params", params(ws, "urban", eval_long_retrieval={"source": "urban1k", "paper": {"root": str(root)}})])
+    eval_long_retrieval.main(["--params", params(ws, "urban", eval_long_retrieval={"source": "urban1k", "paper": {"root": str(root)}, "data": str(root)})])
     urban = json.loads((ws / "el/urban/metrics/long_retrieval.json").read_text())
     assert set(urban) == {"clip", *ROWS} and json.loads((ws / "el/urban/stats/eval_long_retrieval.json").read_text())["images"] == 3
     entries = [{"id": str(i), "image": f"image/{i + 1}.jpg",
@@ -83,24 +83,28 @@ def test_urban1k_and_sharegpt4v_sources_embed_their_images(tuned, monkeypatch, t
                                   {"from": "gpt", "value": (root / f"caption/{i + 1}.txt").read_text()}]} for i in range(3)]
     (tmp_path / "share.json").write_text(json.dumps(entries))
     p = params(ws, "share", eval_long_retrieval={"source": "sharegpt4v", "paper": {
-        "json_path": str(tmp_path / "share.json"), "image_root": str(root), "limit": 1000}})
+        "json_path": str(tmp_path / "share.json"), "image_root": str(root), "limit": 1000}, "data": str(tmp_path)})
     eval_long_retrieval.main(["--params", p])
     share = json.loads((ws / "el/share/metrics/long_retrieval.json").read_text())
     assert share == urban  # the same images and captions, read through the other reader
     assert np.isfinite([v["mean"] for r in share.values() for v in r.values()]).all()
 
 
-@pytest.mark.parametrize("case", ["empty_caption", "missing_tower", "unknown_row"])
+@pytest.mark.parametrize("case", ["empty_caption", "missing_tower", "unknown_row", "sharegpt4v_outside_data"])
 def test_bad_input_is_one_line_exit_2_and_writes_no_metrics(tuned, monkeypatch, capsys, case, tmp_path):
     ws = tuned
     monkeypatch.chdir(ws)
     if case == "empty_caption":
         root = urban1k(ws, tmp_path / "Urban1k", caption=lambda i, c: "  \n" if i == 1 else c)
-        p, match = params(ws, case, eval_long_retrieval={"source": "urban1k", "paper": {"root": str(root)}}), "2.txt is empty"
+        p, match = params(ws, case, eval_long_retrieval={"source": "urban1k", "paper": {"root": str(root)}, "data": str(root)}), "2.txt is empty"
     elif case == "missing_tower":
         p, match = params(ws, case, paths={"text_towers": "el/nowhere"}), "tune_text@synthetic"
-    else:
+    elif case == "unknown_row":
         p, match = params(ws, case, tune_text={"rows": ["gmail", "clip"]}), "untuned tower"
+    else:  # the mini dep (real T's images) would not rerun the stage on a new ShareGPT4V file
+        p = params(ws, case, eval_long_retrieval={"source": "sharegpt4v", "paper": {
+            "json_path": str(tmp_path / "share.json"), "image_root": str(tmp_path), "limit": 10}})
+        match = "eval_long_retrieval.data='data/captions/images/T' does not hold"
     assert run(eval_long_retrieval.main, ["--params", p]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and match in err and "\n" not in err

@@ -3,6 +3,7 @@
 
 import contextlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -83,14 +84,15 @@ def test_karpathy_source_reads_a_split_file_and_embeds_its_test_images(tuned, mo
     rows.append({**rows[0], "imgid": 99, "split": "train"})
     (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": rows}))
     p = params(ws, "flickr", eval_retrieval={"source": "karpathy", "positives": "index", "paper": {
-        "json_path": str(tmp_path / "dataset_flickr30k.json"), "image_root": str(ws / "data/captions/images/T"), "split": "test"}})
+        "json_path": str(tmp_path / "dataset_flickr30k.json"), "image_root": str(ws / "data/captions/images/T"), "split": "test"},
+        "data": os.path.commonpath([tmp_path, ws])})  # the dep must hold both
     eval_retrieval.main(["--params", p])
     m = json.loads((ws / "er/flickr/metrics/retrieval.json").read_text())
     assert set(m) == {"clip", *ROWS} and set(m["gmail"]) == KEYS
     assert json.loads((ws / "er/flickr/stats/eval_retrieval.json").read_text())["images"] == 3
 
 
-@pytest.mark.parametrize("case", ["missing_tower", "unknown_row", "bad_source"])
+@pytest.mark.parametrize("case", ["missing_tower", "unknown_row", "bad_source", "karpathy_outside_data", "t_outside_data"])
 def test_bad_input_is_one_line_exit_2_and_writes_no_metrics(tuned, monkeypatch, capsys, case):
     ws = tuned
     monkeypatch.chdir(ws)
@@ -100,8 +102,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_no_metrics(tuned, monkeypatch, 
         p, match = params(ws, case, paths={"text_towers": "er/towers_missing"}), "tune_text@real"
     elif case == "unknown_row":
         p, match = params(ws, case, tune_text={"rows": ["gmail", "gmial"]}), "unknown row 'gmial'"
-    else:
+    elif case == "bad_source":
         p, match = params(ws, case, eval_retrieval={"source": "coco"}), "eval_retrieval.source='coco'"
+    elif case == "karpathy_outside_data":  # the dep (data/captions/T.jsonl) would not rerun the stage on a new Flickr file
+        p = params(ws, case, eval_retrieval={"source": "karpathy", "paper": {"json_path": "/elsewhere/f.json", "image_root": "/elsewhere"}})
+        match = "eval_retrieval.data='data/captions/T.jsonl' does not hold '/elsewhere/f.json', which source karpathy reads"
+    else:  # T2 at paper scale without pointing the dep back at real T
+        p, match = params(ws, case, eval_retrieval={"data": "/data/flickr30k"}), "does not hold 'data/captions/T.jsonl'"
     assert run(eval_retrieval.main, ["--params", p]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and match in err and "\n" not in err

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 VARIANTS = ["synthetic", "gmail", "real", "gmail_heldout", "synthetic_heldout"]
 KEYS = ("overall", "colour", "shape", "yes_no")
-EVAL_VQA = {"variants": VARIANTS, "seeds": 2, "hidden": 16, "layers": 2, "steps": 30, "batch_size": 16, "lr": 1e-2,
+EVAL_VQA = {"datasets": ["easy_vqa"], "variants": VARIANTS, "seeds": 2, "hidden": 16, "layers": 2, "steps": 30, "batch_size": 16, "lr": 1e-2,
             "weight_decay": 0.01, "test_reading": "f_r", "device": "cpu"}
 
 
@@ -47,7 +47,7 @@ def vqa_run(aligned_workspace):
     old = os.getcwd()
     os.chdir(ws)
     try:
-        eval_vqa.main(["--params", vqa_params(ws, "vqa")])
+        eval_vqa.main(["--dataset", "easy_vqa", "--params", vqa_params(ws, "vqa")])
     finally:
         os.chdir(old)
     return ws
@@ -102,7 +102,7 @@ def test_majority_baseline_is_the_share_of_the_majority_training_answer(vqa_run)
 def test_reruns_are_identical_and_the_timing_goes_to_stats(vqa_run, monkeypatch):
     ws = vqa_run
     monkeypatch.chdir(ws)
-    eval_vqa.main(["--params", vqa_params(ws, "again")])
+    eval_vqa.main(["--dataset", "easy_vqa", "--params", vqa_params(ws, "again")])
     assert (ws / "again/metrics/vqa.json").read_text() == (ws / "vqa/metrics/vqa.json").read_text()
     assert (ws / "again/scores/per_seed.json").read_text() == (ws / "vqa/scores/per_seed.json").read_text()
     stats = json.loads((ws / "again/stats/eval_vqa.json").read_text())
@@ -112,7 +112,7 @@ def test_reruns_are_identical_and_the_timing_goes_to_stats(vqa_run, monkeypatch)
 def test_test_reading_f_g_reads_real_t_through_the_lora_model_where_there_is_one(aligned_workspace, monkeypatch):
     ws = aligned_workspace
     monkeypatch.chdir(ws)
-    eval_vqa.main(["--params", vqa_params(ws, "fg", eval_vqa={"variants": ["gmail", "synthetic"], "seeds": 1,
+    eval_vqa.main(["--dataset", "easy_vqa", "--params", vqa_params(ws, "fg", eval_vqa={"variants": ["gmail", "synthetic"], "seeds": 1,
                                                               "test_reading": "f_g"})])
     metrics = json.loads((ws / "fg/metrics/vqa.json").read_text())
     runs = json.loads((ws / "fg/scores/per_seed.json").read_text())["runs"]
@@ -121,7 +121,7 @@ def test_test_reading_f_g_reads_real_t_through_the_lora_model_where_there_is_one
 
 
 def _fails(ws, params, capsys, message):
-    assert run(eval_vqa.main, ["--params", params]) == 2
+    assert run(eval_vqa.main, ["--dataset", "easy_vqa", "--params", params]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
@@ -176,3 +176,17 @@ def test_unknown_variant_missing_embeddings_and_bad_params_are_one_line_errors(a
     for i, (params, message) in enumerate(cases, 1):
         _fails(ws, params, capsys, message)
         assert _nothing_written(ws, f"e{i}")
+
+
+@pytest.mark.parametrize("datasets,key,message", [
+    (["easy_vqa"], "vqav2", "'vqav2' is not in eval_vqa.datasets (easy_vqa)"),
+    ([], "easy_vqa", "is not in eval_vqa.datasets (empty)"),          # paper scale: the stage is not in the DAG
+    (["vqav2"], "vqav2", "eval_vqa.datasets has 'vqav2': list each of easy_vqa"),
+])
+def test_a_question_set_it_cannot_read_is_a_one_line_error(datasets, key, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "params.yaml", eval_vqa={"datasets": datasets})
+    assert run(eval_vqa.main, ["--dataset", key, "--params", params]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not any(tmp_path.glob("data")) and not any(tmp_path.glob("metrics"))

@@ -66,7 +66,8 @@ def test_clip_benchmark_source_builds_datasets_from_a_local_root(tuned, monkeypa
     for i, c in enumerate(["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]):
         (tmp_path / "fer2013/test" / c).mkdir(parents=True)
         Image.new("RGB", (48, 48), (30 * i, 0, 90)).save(tmp_path / "fer2013/test" / c / "0.png")
-    p = params(ws, "cb", eval_zeroshot={"source": "clip_benchmark", "datasets": ["fer2013"], "root": str(tmp_path / "{dataset}")})
+    p = params(ws, "cb", eval_zeroshot={"source": "clip_benchmark", "datasets": ["fer2013"], "root": str(tmp_path / "{dataset}"),
+                                            "data": str(tmp_path)})
     eval_zeroshot.main(["--params", p])
     m = json.loads((ws / "ez/cb/metrics/zeroshot.json").read_text())
     assert set(m["real"]) == {"fer2013_acc1", "fer2013_mean_per_class_recall"}
@@ -74,7 +75,7 @@ def test_clip_benchmark_source_builds_datasets_from_a_local_root(tuned, monkeypa
     assert all(0 <= m[r][k]["mean"] <= 100 for r in m for k in m[r])
 
 
-@pytest.mark.parametrize("case", ["missing_tower", "unknown_row", "no_templates", "missing_root"])
+@pytest.mark.parametrize("case", ["missing_tower", "unknown_row", "no_templates", "missing_root", "root_outside_data"])
 def test_bad_input_is_one_line_exit_2_and_writes_no_metrics(tuned, monkeypatch, capsys, case, tmp_path):
     ws = tuned
     monkeypatch.chdir(ws)
@@ -84,9 +85,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_no_metrics(tuned, monkeypatch, 
         p, match = params(ws, case, tune_text={"rows": ["realistic"]}), "unknown row 'realistic'"
     elif case == "no_templates":
         p, match = params(ws, case, eval_zeroshot={"attributes": ["colour", "position"]}), "no templates for 'position'"
+    elif case == "root_outside_data":
+        p = params(ws, case, eval_zeroshot={"source": "clip_benchmark", "datasets": ["fer2013"], "root": str(tmp_path / "{dataset}")})
+        match = f"eval_zeroshot.data='data/captions/T.jsonl' does not hold '{tmp_path / 'fer2013'}'"
     else:
         p, match = params(ws, case, eval_zeroshot={"source": "clip_benchmark", "datasets": ["fer2013"],
-                                                   "root": str(tmp_path / "absent")}), "not found"
+                                                   "root": str(tmp_path / "absent"), "data": str(tmp_path)}), "not found"
     assert run(eval_zeroshot.main, ["--params", p]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and match in err and "\n" not in err

@@ -118,7 +118,7 @@ def workspace(tmp_path_factory):
             for i in range(N_RECORDS)]
     (ws / "data" / "captions" / "B.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name, steps in (("a", 12), ("b", 3)):
-        write_params(ws / f"{name}.yaml", gen={"sd2": "models/sd2", "steps": steps, "batch_size": 1, "per_real": 1,
+        write_params(ws / f"{name}.yaml", gen={"weights": "models/sd2", "steps": steps, "batch_size": 1, "per_real": 1,
                                                "shard_size": 1, "device": "cpu"}, paths={"generated": f"data/gen_{name}"})
     return ws
 

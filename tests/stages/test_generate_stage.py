@@ -49,7 +49,7 @@ def write_b(captions_dir: Path, records=RECORDS) -> None:
 
 
 def gen_params(path: Path, models: Path, **gen) -> str:
-    return write_params(path, gen={"sd2": str(models / "sd2"), "flux": str(models / "flux"), "steps": 2, "batch_size": 2,
+    return write_params(path, gen={"weights": str(models / gen.get("model", "sd2")), "steps": 2, "batch_size": 2,
                                    "device": "cpu", **gen})
 
 
@@ -187,7 +187,7 @@ def empty_caption(workdir: Path):
 
 def empty_model_dir(workdir: Path) -> dict:
     (workdir / "empty").mkdir()
-    return {"sd2": str(workdir / "empty")}
+    return {"weights": str(workdir / "empty")}
 
 
 ERRORS = {
@@ -212,3 +212,18 @@ def test_errors_are_one_line_and_leave_nothing(case, workdir, models, monkeypatc
     assert not (workdir / "data" / "generated").exists()
     assert list((workdir / "data").glob(".generated*")) == []
     assert not (workdir / "metrics" / "generate.json").exists()
+
+
+def test_a_folder_of_families_serves_the_selected_family():
+    """The shipped `gen.weights: pretrain/models` holds one subfolder per family, so `-S gen.model=flux`
+    alone switches generator; a folder that holds a model is used as it is."""
+    from helpers import ROOT, params_dict
+
+    from gmail.core.config import section
+
+    shipped = params_dict()["gen"]
+    for family in ("sd2", "flux"):
+        p = section({**shipped, "model": family}, generate.GenParams, "gen")
+        assert p.model_dir == str(Path(shipped["weights"]) / family)
+        assert section({**shipped, "model": family, "weights": str(ROOT / "pretrain/models" / family)},
+                       generate.GenParams, "gen").model_dir == str(ROOT / "pretrain/models" / family)

@@ -285,3 +285,29 @@ def test_without_vqa_only_captions_are_trained_and_scored(llm_workspace, tiny_ll
     assert json.loads((ws / "novqa/metrics/llm/vqa.json").read_text()) == {}
     m = json.loads((ws / "novqa/metrics/llm/caption/llm_gmail.json").read_text())
     assert m["reading"] == "algorithm1" and m["seeds"] == 1 and "bleu4" in m
+
+
+def test_bench_llm_loads_the_llm_in_llm_dtype(llm_workspace, monkeypatch, tmp_path):
+    """bench_llm loads the LLM's weights in `llm.dtype`, as train_llm does (a 7-8B model in
+    float32 needs ~30 GB for its weights alone), and answers with it."""
+    import torch
+
+    from gmail.models import llm as llm_module
+    from stages import bench_llm
+
+    loaded = []
+
+    def spy(name, dtype="float32"):
+        model, tokenizer = llm_module.load_llm(name, dtype)
+        loaded.append({p.dtype for p in model.parameters()})
+        return model, tokenizer
+
+    ws = llm_workspace
+    monkeypatch.chdir(ws)
+    monkeypatch.setattr(bench_llm, "load_llm", spy)
+    p = write_params(ws / "bench16.yaml", ws / "llm.yaml", paths={"metrics": "bench16/metrics"},
+                     llm={"dtype": "bfloat16", "benchmarks": {"sqa16": _benchmark_files(tmp_path)["sqa"]}})
+    bench_llm.main(["--params", p, "--benchmark", "sqa16"])
+    assert loaded == [{torch.bfloat16}]
+    m = json.loads((ws / "bench16/metrics/llm/bench/sqa16.json").read_text())
+    assert set(m) == set(VARIANTS) and all(row["count"] == 2 for row in m.values())
