@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: repro repro-llm paper-params test test-fast lint env clean-env
+.PHONY: repro repro-llm paper-params paper-smoke test test-fast lint env clean-env
 
 # Pinned dependencies, then this project editable (gmail, stages, tools importable from anywhere).
 $(BIN)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -29,6 +29,11 @@ repro-llm: env
 # Back with `python -m tools.scale mini`.
 paper-params: env
 	. $(BIN)/activate && python -m tools.scale paper
+
+# Paper scale end to end on tiny random-weight models and fixture data (tools/paper_smoke.py): both
+# pipelines and two experiments in a scratch copy of the repository; ~7 min on 2 cores.
+paper-smoke: env
+	. $(BIN)/activate && python -m tools.paper_smoke
 
 # Full test suite: lint, then every test (an end-to-end `dvc repro` in a temporary git repo included).
 test: env lint

@@ -108,7 +108,7 @@ def main(argv=None):
                        enc.batch_size, device)
 
     # 3. Outputs: f_g, embeddings, metrics, loss curve, t-SNE.
-    metrics = {"source": args.source, "rank": str(p.rank), "layers": p.layers, "steps": p.steps,
+    metrics = {"source": args.source, "scale": enc.scale, "rank": str(p.rank), "layers": p.layers, "steps": p.steps,
                "pairs_aligned": len(train_rows), "pairs_heldout": len(src) - len(train_rows),
                "real_aligned": n_align, "real_heldout": p.heldout, "cos_before": {}, "cos_after": {},
                "final_loss": float(np.mean(losses[-20:])) if losses else None}

@@ -52,7 +52,7 @@ def main(argv=None):
         raise PipelineError(f"unknown benchmark {args.benchmark!r}: add it under llm.benchmarks (kind, root, split)")
     b = section(p.benchmarks[args.benchmark], BenchmarkParams, f"llm.benchmarks.{args.benchmark}")
     enc = section(params.get("encoder"), EncoderParams, "encoder")
-    offline("mini" if p.model.llm == "smollm2" and enc.scale == "mini" else "paper")  # paper: as the environment says
+    scale = offline("mini" if p.model.llm == "smollm2" and enc.scale == "mini" else "paper")  # paper: as the environment says
     paths = get_paths(params, "llm", "metrics")
     device, dtype = pick_device(p.device), torch_dtype(p.dtype)
 
@@ -90,7 +90,7 @@ def main(argv=None):
                 write_json(tmp / f"{v}-{folder.name}.json", {"score": score, "responses": {r["id"]: t for r, t in zip(rows, responses)}})
                 llm = llava.release_llm(model)
             results[v] = {**summarise_seeds(scores, ("accuracy",)), "count": len(rows), "seeds": len(scores),
-                          "kind": b.kind, "split": b.split}
+                          "kind": b.kind, "split": b.split, "scale": scale}
     write_json(paths.metrics / "llm" / "bench" / f"{args.benchmark}.json", results)
     for v, r in results.items():
         print(f"{args.benchmark} {v}: accuracy {r['accuracy']['mean']:.2f} ± {r['accuracy']['std']:.2f} over {r['count']} questions")

@@ -79,7 +79,7 @@ def main(argv=None):
                             "or add it under `variants` in params.yaml")
     v = section(variants[args.variant], VariantParams, f"variants.{args.variant}")
     p = section(params.get("caption"), CaptionParams, "caption")
-    offline("mini" if p.model.decoder == "scratch" else "paper")  # mini: never the network; a hub decoder: as the environment says
+    scale = offline("mini" if p.model.decoder == "scratch" else "paper")  # mini: never the network; a hub decoder: as the environment says
     heldout = section(params.get("align"), AlignParams, "align").heldout
     paths = get_paths(params, "captions", "embeddings", "captioner", "predictions", "plots")
     device = pick_device(p.device)
@@ -135,7 +135,7 @@ def main(argv=None):
             return
         write_references(pred_tmp / "references.json", test)
         write_json(pred_tmp / "info.json", {
-            "variant": args.variant, "train_images": v.images, "train_encoder": v.encoder,
+            "variant": args.variant, "scale": scale, "train_images": v.images, "train_encoder": v.encoder,
             "heldout_only": v.heldout_only, "train_size": len(caps), "val_size": len(validation[1]) if validation else 0,
             "schedule": p.schedule, "steps": steps, "test_reading": reading,
             "test_embeddings": str(paths.embeddings / t_file), "runs": runs})

@@ -51,10 +51,10 @@ def main(argv=None):
             np.save(tmp / "B.f_r" / f"{shard.stem}.npy", z.numpy().astype(np.float32))
             rows.extend(metas)
         check_shard_order(rows, manifest, paths.generated)
-        write_json(tmp / "ids.json", {"B": [m["id"] for m in rows], "B_source": [m["source_id"] for m in rows],
+        write_json(tmp / "ids.json", {"scale": enc.scale, "B": [m["id"] for m in rows], "B_source": [m["source_id"] for m in rows],
                                       "B_caption": [m["caption"] for m in rows]})
     with atomic_dir(paths.embeddings / "real") as tmp:
-        write_embeddings(tmp, arrays, ids)
+        write_embeddings(tmp, arrays, {"scale": enc.scale, **ids})
     print(f"f_r embeddings: B {tuple(arrays['B.f_r'].shape)}, T {tuple(arrays['T.f_r'].shape)} -> {paths.embeddings / 'real'}; "
           f"{len(rows)} generated images in {len(shards)} shards -> {paths.embeddings / 'generated/f_r'}")
 

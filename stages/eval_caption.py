@@ -12,14 +12,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from gmail.core.cli import offline, run, stage_parser
+from gmail.core.cli import declare_scale, offline, run, stage_parser
 from gmail.core.config import get_paths, get_seed, load_params, section, set_seed
 from gmail.core.errors import PipelineError
 from gmail.core.io import atomic_dir, read_json, write_json
 from gmail.data.coco_format import read_results
 from gmail.data.records import read_split
 from gmail.downstream.variants import VariantParams
-from gmail.eval.caption_attributes import attribute_accuracy
 from gmail.eval.caption_metrics import METRICS, score_caption_sets
 from gmail.eval.seeds import summarise_seeds
 
@@ -55,12 +54,16 @@ def main(argv=None):
         info[v] = read_json(folder / "info.json") if (folder / "info.json").is_file() else {}
         for f in files:
             sets[f"{v}/{f.stem}"] = read_results(f, t_ids)
+    # The scale of what it scores: paper only when every captioner was trained at paper scale.
+    declare_scale("paper" if {i.get("scale") for i in info.values()} == {"paper"} else "mini")
 
     # 2. Score all sets at once; one metrics file per variant (means and stds, what
     # `dvc metrics show` lists) and one per-seed scores file per variant.
     scores = score_caption_sets(sets, references, wmd=p.wmd)
     keys = METRICS
     if all("attributes" in r for r in test):  # mini scale: T's true attribute values are known
+        from gmail.eval.caption_attributes import attribute_accuracy  # easy-vqa's attribute words: mini only
+
         attributes = {r["image_id"]: r["attributes"] for r in test}
         for name, preds in sets.items():
             scores[name].update(attribute_accuracy(preds, attributes))
@@ -70,7 +73,7 @@ def main(argv=None):
         per_seed = {name.split("/")[1]: s for name, s in scores.items() if name.split("/")[0] == v}
         row = summarise_seeds(list(per_seed.values()), keys)
         first = next(iter(per_seed.values()))
-        row.update({"seeds": len(per_seed), "test_reading": info[v].get("test_reading")})
+        row.update({"seeds": len(per_seed), "scale": info[v].get("scale"), "test_reading": info[v].get("test_reading")})
         row.update({k: first[k] for k in ("spice_skipped", "wmd_skipped") if k in first})
         rows[v] = row
         details[v] = {"per_seed": {k: {m: s[m] for m in keys} for k, s in per_seed.items()}, "info": info[v]}

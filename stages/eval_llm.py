@@ -19,7 +19,6 @@ from gmail.core.io import atomic_dir, read_json, write_json
 from gmail.data.coco_format import read_results
 from gmail.data.records import read_split
 from gmail.downstream.llava import LlmParams
-from gmail.eval.caption_attributes import attribute_accuracy
 from gmail.eval.caption_metrics import METRICS, score_caption_sets
 from gmail.eval.multiple_choice import short_answer_accuracy
 from gmail.eval.seeds import summarise_seeds
@@ -54,6 +53,8 @@ def main(argv=None):
     scores = score_caption_sets(sets, references, wmd=p.wmd)
     keys = METRICS
     if all("attributes" in r for r in test):
+        from gmail.eval.caption_attributes import attribute_accuracy  # easy-vqa's attribute words: mini only
+
         attributes = {r["image_id"]: r["attributes"] for r in test}
         for name, preds in sets.items():
             scores[name].update(attribute_accuracy(preds, attributes))
@@ -69,7 +70,8 @@ def main(argv=None):
             per_seed = {name.split("/")[1]: s for name, s in scores.items() if name.split("/")[0] == v}
             row = summarise_seeds(list(per_seed.values()), keys)
             first = next(iter(per_seed.values()))
-            row.update({"seeds": len(per_seed), "test_reading": info[v].get("test_reading"), "reading": info[v].get("reading"),
+            row.update({"seeds": len(per_seed), "scale": info[v].get("scale"), "test_reading": info[v].get("test_reading"),
+                        "reading": info[v].get("reading"),
                         "projection": info[v].get("projection")})
             row.update({k: first[k] for k in ("spice_skipped", "wmd_skipped") if k in first})
             write_json(paths.metrics / "llm" / "caption" / f"{v}.json", row)

@@ -67,11 +67,11 @@ def main(argv=None):
     positives = positive_pairs(texts, index, [r["captions"] for r in records], p.positives)
 
     # 2. Every row's towers score the same texts, tokenized once.
-    base = load_text_tower(enc.scale, enc.mini, enc.name, enc.pretrained, device)
+    base = load_text_tower(enc.scale, enc.weights, enc.name, enc.pretrained, device)
     tokens = base.tokenize(texts)
     metrics = evaluate_rows(base, towers, lambda tower: retrieval_recalls(
         z_img, encode_tokens(tower, tokens, device=device), positives, RECALL_KS, p.batch_size, device), device)
-    write_json(paths.metrics / "retrieval.json", metrics)
+    write_json(paths.metrics / "retrieval.json", {**metrics, "scale": enc.scale})
     write_json(paths.stats / "eval_retrieval.json", {"seconds": round(time.perf_counter() - start, 1), "device": device,
                                                       "images": len(records), "texts": len(texts)})
     for row, m in metrics.items():

@@ -96,7 +96,7 @@ def main(argv=None):
             tasks[task] = (classes, templates, encode_images(image_tower, images, enc.batch_size, device), labels)
 
     # 2. Every row's towers build each task's classifier from its prompts (tokenized once) and classify.
-    base = load_text_tower(enc.scale, enc.mini, enc.name, enc.pretrained, device)
+    base = load_text_tower(enc.scale, enc.weights, enc.name, enc.pretrained, device)
     tokenizer = MemoTokenizer(base.tokenize)
 
     def score(tower):
@@ -107,7 +107,7 @@ def main(argv=None):
         return out
 
     metrics = evaluate_rows(base, towers, score, device)
-    write_json(paths.metrics / "zeroshot.json", metrics)
+    write_json(paths.metrics / "zeroshot.json", {**metrics, "scale": enc.scale})
     write_json(paths.stats / "eval_zeroshot.json", {"seconds": round(time.perf_counter() - start, 1), "device": device})
     for row, m in metrics.items():
         print(f"{row:>10}: " + "  ".join(f"{k} {m[k]['mean']:.1f}±{m[k]['std']:.1f}" for k in sorted(m) if k.endswith("acc1")))

@@ -74,7 +74,7 @@ class GenParams:
         if min(self.steps, self.batch_size, self.per_real, self.shard_size) < 1 or self.resolution < 0:
             raise PipelineError(f"{name}.steps, batch_size, per_real and shard_size must be positive and {name}.resolution >= 0: "
                                 "fix params.yaml")
-        from gmail.generation.mini_diffusion import TRAIN_TIMESTEPS, train_timesteps
+        from gmail.generation.samplers import TRAIN_TIMESTEPS, train_timesteps
 
         # A sampler takes at most its scheduler's training timesteps (DDIM raises past them, deep in
         # the first batch): read from a local model's scheduler config; a hub id's (SD2, FLUX) have 1000.
@@ -150,8 +150,7 @@ def main(argv=None):
     torch.utils.deterministic.fill_uninitialized_memory = False
     p = section(params.get("gen"), GenParams, "gen")
     paths = get_paths(params, "captions", "generated", "scratch", "metrics", "stats")
-    if p.scale == "mini":
-        offline()
+    offline(p.scale)  # mini: never the network; paper: as the environment says (offline unless it says otherwise)
     # One process per GPU under `accelerate launch`; a plain `python -m` run is a world of one.
     state = PartialState(cpu=pick_device(p.device) == "cpu")
     device = str(state.device) if state.device.type == "cuda" else pick_device(p.device)

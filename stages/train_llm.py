@@ -29,7 +29,6 @@ from gmail.core.config import get_paths, get_seed, load_params, pick_device, sec
 from gmail.core.io import atomic_dir, write_json
 from gmail.core.launch import launch
 from gmail.data.coco_format import write_references, write_results
-from gmail.data.easy_vqa_questions import load_split_questions, question_type
 from gmail.data.records import read_split
 from gmail.downstream import llava
 from gmail.downstream.llava import ImageSet, LlmParams, projection_for
@@ -42,6 +41,8 @@ WAIT_FOR_MAIN = timedelta(hours=2)  # process-group timeout (a wait at a collect
 
 def _questions_per_image(records: list[dict], split: str) -> list[list[tuple[str, str]]]:
     """easy-vqa's (question, answer) pairs about each record's image, validated, in record order."""
+    from gmail.data.easy_vqa_questions import load_split_questions  # mini only (llm.vqa: true)
+
     per_image = {r["image_id"]: [] for r in records}
     for row in load_split_questions(records, split):
         per_image[row["image_id"]].append((row["question"], row["answer"]))
@@ -56,7 +57,7 @@ def main(argv=None):
     seed = get_seed(params)
     set_seed(seed)
     p = section(params.get("llm"), LlmParams, "llm")
-    offline("mini" if p.model.llm == "smollm2" else "paper")  # mini: never the network; a hub LLM: as the environment says
+    scale = offline("mini" if p.model.llm == "smollm2" else "paper")  # mini: never the network; a hub LLM: as the environment says
     v = p.variant(args.variant)
     paths = get_paths(params, "captions", "embeddings", "llm", "plots", "stats")
     device, dtype = pick_device(p.device), torch_dtype(p.dtype)
@@ -125,6 +126,8 @@ def main(argv=None):
             if t_questions:
                 idx = [i for i, _, _ in t_questions]
                 got = llava.answer_questions(model, tokenizer, z_test[idx], test_projection, [q for _, q, _ in t_questions], **kw)
+                from gmail.data.easy_vqa_questions import question_type
+
                 write_json(pred_tmp / f"vqa-seed{s}.json", [
                     {"image_id": t_ids[i], "question": q, "answer": a, "prediction": g, "type": question_type(a)}
                     for (i, q, a), g in zip(t_questions, got)])
@@ -137,7 +140,7 @@ def main(argv=None):
             return
         write_references(pred_tmp / "references.json", test)
         write_json(pred_tmp / "info.json", {
-            "variant": args.variant, "train_images": v.images, "train_encoder": v.encoder, "projection": v.projection,
+            "variant": args.variant, "scale": scale, "train_images": v.images, "train_encoder": v.encoder, "projection": v.projection,
             "reading": p.reading, "train_sets": [f"{s.projection}: {n}" for s, n in
                                                  zip(sets, [f"{v.images}/B.{v.encoder}", "real/B.f_r"])],
             "real_connector": real_connector, "test_reading": "f_r", "test_connector": test_projection,

@@ -52,7 +52,7 @@ def main(argv=None):
     # 1. The row's fixed B image embeddings and their reference captions, tokenized once.
     train = training_set(read_split(paths.captions / "B.jsonl"), paths.embeddings, v, heldout)
     z_train, caps = train.embeddings, train.captions
-    base = load_text_tower(enc.scale, enc.mini, enc.name, enc.pretrained, device)
+    base = load_text_tower(enc.scale, enc.weights, enc.name, enc.pretrained, device)
     tokens = tokenize_captions(base, caps)
 
     # 2. One tuned tower per seed, each from the pretrained text tower.

@@ -52,7 +52,7 @@ def downstream_workspace(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("downstream")
     write_params(root / "params.yaml", data={"n_a": 1, "n_b": 6, "n_t": 3},
-                 encoder={"mini": str(root / "clip"), "device": "cpu", "batch_size": 4},
+                 encoder={"weights": str(root / "clip"), "device": "cpu", "batch_size": 4},
                  align={"rank": 2, "steps": 3, "batch_size": 4, "heldout": 2, "restart_steps": 2},
                  caption={"seeds": 2, "schedule": "equal_steps", "steps": 4, "batch_size": 4, "device": "cpu",
                           "model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "prefix_hidden": 16}})

@@ -1,5 +1,10 @@
 """Entry-point wrapper: a user-fixable error, Ctrl-C or a failed write is one line on stderr.
 
+With GMAIL_AUDIT_DIR set (tools/paper_smoke.py sets it), `run` also writes
+`<GMAIL_AUDIT_DIR>/<stage>.json` after a stage succeeds: the scale it declared
+(`declare_scale`), the mini-scale modules it imported (MINI_MODULES) and the files of the
+easy-vqa package it opened, so a paper-scale run can prove it never fell back to mini code or data.
+
 Every stage ends in `sys.exit(run(main))`; `generate` and `align` use `gmail.core.launch.launch`,
 which reads params `launcher` first. No params value ever reaches a shell: DVC runs fixed
 commands (`python -m stages.<name> --params params.yaml`), and a foreach stage reads its key
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
+import json
 import os
 import re
 import sys
@@ -25,6 +32,11 @@ OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFL
 # EPERM may come from a read too, so `run` words those by what the path allows.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 _ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# Modules only mini scale may import: the stand-in CLIP and generators, easy-vqa's readers.
+MINI_MODULES = ("gmail.models.mini_clip", "gmail.generation.mini_diffusion", "gmail.generation.mini_sampling",
+                "gmail.data.easy_vqa_captions", "gmail.data.easy_vqa_questions", "easy_vqa")
+AUDIT_VARIABLE = "GMAIL_AUDIT_DIR"
+_declared_scale: str | None = None
 
 
 class StageParser(argparse.ArgumentParser):
@@ -75,24 +87,65 @@ def stage_key(value: str | None, option: str) -> str:
     return value
 
 
-def offline(scale: str = "mini") -> None:
+def offline(scale: str = "mini") -> str:
     """Mini scale never touches the network: force the HF libraries offline, whatever the
     environment says. Another scale keeps the user's choice (offline when none is set).
 
     huggingface_hub reads HF_HUB_OFFLINE once, at import (and diffusers copies that value), so
-    an already imported module is switched too.
+    an already imported module is switched too. It also declares `scale` (`declare_scale`).
     """
+    declare_scale(scale)
+    declare_scale(scale)
     for key in OFFLINE_VARIABLES:
         if scale == "mini":
             os.environ[key] = "1"
         else:
             os.environ.setdefault(key, "1")
     if os.environ["HF_HUB_OFFLINE"].upper() not in ("1", "ON", "YES", "TRUE"):
-        return
+        return scale
     for name, module in list(sys.modules.items()):
         if name.partition(".")[0] in ("huggingface_hub", "diffusers", "transformers") and \
                 isinstance(getattr(module, "HF_HUB_OFFLINE", None), bool):
             module.HF_HUB_OFFLINE = True
+    return scale
+
+
+def declare_scale(scale: str) -> str:
+    """Record the scale this stage runs at (mini | paper) for the audit report; returns it. Each
+    stage calls it once its params are read, and also writes the scale into its own outputs."""
+    global _declared_scale
+    if scale not in ("mini", "paper"):
+        raise PipelineError(f"unknown scale {scale!r}: use mini or paper")
+    _declared_scale = scale
+    return scale
+
+
+class _Audit:
+    """Files of the easy-vqa package this process opens (a sys audit hook; hooks cannot be
+    removed, so the recorder is switched off instead once the stage has run)."""
+
+    def __init__(self):
+        spec = importlib.util.find_spec("easy_vqa")  # finds the package without importing it
+        self.root = os.path.dirname(spec.origin) + os.sep if spec and spec.origin else None
+        self.opened: set[str] = set()
+        self.on = True
+        sys.addaudithook(self.hook)
+
+    def hook(self, event, args):
+        if self.on and self.root and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if path.startswith(self.root):
+                self.opened.add(path[len(self.root):])
+
+    def write(self, folder: str) -> None:
+        self.on = False
+        stage = os.environ.get("DVC_STAGE", "").rpartition(":")[2] or os.path.basename(sys.argv[0]).removesuffix(".py")
+        report = {"stage": stage, "scale": _declared_scale,
+                  "mini_modules": sorted(m for m in sys.modules if m in MINI_MODULES or m.startswith("easy_vqa.")),
+                  "easy_vqa_files": sorted(self.opened)}
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{stage}.json"), "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
 
 
 def _write_error(exc: OSError) -> str | None:
@@ -112,6 +165,8 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     """Call a stage's main and return its exit status: 0, or 2 after printing one `error: ...`
     line for a PipelineError or a failed write (disk full, read-only, permission denied), or 130
     after Ctrl-C (outputs are written atomically, so each one is whole or untouched)."""
+    audit_dir = os.environ.get(AUDIT_VARIABLE)
+    audit = _Audit() if audit_dir else None
     try:
         main(argv)
     except PipelineError as exc:
@@ -126,4 +181,6 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    if audit is not None:
+        audit.write(audit_dir)
     return 0

@@ -13,10 +13,10 @@ import re
 
 from gmail.core.errors import PipelineError
 from gmail.data.easy_vqa_captions import COLOURS, SHAPES
+from gmail.eval.vqa import QUESTION_TYPES  # noqa: F401 (re-exported: the types question_type returns)
 
 YES_NO = ("yes", "no")
 ANSWERS = COLOURS + SHAPES + YES_NO  # fixed order: the answer classifier's output index
-QUESTION_TYPES = ("colour", "shape", "yes_no")
 _ID = re.compile(r"^(train|test)-(\d+)$")
 
 

@@ -4,7 +4,7 @@ contrastively against fixed image embeddings of B (our reading of the paper's "C
 A row (params.yaml `tune_text.rows`) names a captioner variant (`gmail.downstream.variants`):
 its B image embeddings (`f_r(generated)`, `f_g(generated)`, `f_r(real)`, ...) stay fixed, as if
 the image tower were frozen at them, and the text side (text encoder + CLIP's learnable
-temperature) trains with CLIP's symmetric InfoNCE (`gmail.models.mini_clip.clip_loss`), one of
+temperature) trains with CLIP's symmetric InfoNCE (`gmail.models.contrastive.clip_loss`), one of
 an image's reference captions drawn per step. The row `clip` is the text tower as it comes.
 
 Both scales share one interface, `tokenize(texts)` -> tensor and `encode_text(tokens)` ->
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from gmail.core.config import check_lr, check_param
 from gmail.core.errors import PipelineError, check_loss
 from gmail.eval.seeds import summarise_seeds
-from gmail.models.mini_clip import clip_loss
+from gmail.models.contrastive import clip_loss
 from gmail.models.text import warn_cut_captions
 
 ROW_CLIP = "clip"  # the untuned text tower: always reported, never trained

@@ -8,8 +8,9 @@ from collections import Counter
 import numpy as np
 
 from gmail.core.errors import PipelineError
-from gmail.data.easy_vqa_questions import QUESTION_TYPES
 
+# Question types, told apart by the answer (gmail.data.easy_vqa_questions.question_type).
+QUESTION_TYPES = ("colour", "shape", "yes_no")
 KEYS = ("overall",) + QUESTION_TYPES
 
 

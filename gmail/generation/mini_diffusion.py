@@ -243,17 +243,6 @@ def save_generator(model, scheduler, config: GeneratorConfig, directory: str | P
     (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def train_timesteps(directory: str | Path) -> int:
-    """`num_train_timesteps` of the scheduler saved in `directory` (a mini generator or a local
-    diffusers pipeline: `scheduler/scheduler_config.json`), the most sampling steps it takes;
-    TRAIN_TIMESTEPS when there is none to read (a hub id, a missing model: loading reports that)."""
-    try:
-        value = json.loads((Path(directory) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return TRAIN_TIMESTEPS
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else TRAIN_TIMESTEPS
-
-
 def load_generator(directory: str | Path, device: str = "cpu", dtype=torch.float32):
     """(model, training scheduler, config) from a directory written by `save_generator`."""
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, UNet2DConditionModel

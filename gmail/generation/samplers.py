@@ -9,6 +9,22 @@ import numpy as np
 import torch
 
 Sampler = Callable[[list[str], list[int]], Iterator[np.ndarray]]
+# diffusers' schedulers' default training timesteps (SD2's and FLUX's; the mini generators' too).
+TRAIN_TIMESTEPS = 1000
+
+
+def train_timesteps(directory) -> int:
+    """`num_train_timesteps` of the scheduler saved in `directory` (a mini generator or a local
+    diffusers pipeline: `scheduler/scheduler_config.json`), the most sampling steps it takes;
+    TRAIN_TIMESTEPS when there is none to read (a hub id, a missing model: loading reports that)."""
+    import json
+    from pathlib import Path
+
+    try:
+        value = json.loads((Path(directory) / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return TRAIN_TIMESTEPS
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else TRAIN_TIMESTEPS
 
 
 def mini_sampler(directory, steps: int, guidance: float, batch_size: int, device: str = "cpu", dtype=torch.float32,

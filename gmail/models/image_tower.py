@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gmail.core.deps import check_data_dep
 from gmail.core.errors import PipelineError
 from gmail.core.io import CropSize
 
@@ -209,7 +210,7 @@ class EncoderParams:
     """params.yaml `encoder`: which `f_r` every embedding and alignment stage uses."""
 
     scale: str
-    mini: str
+    weights: str          # mini: the mini CLIP folder; paper: what name/pretrained load from (a DVC dep)
     name: str
     pretrained: str
     batch_size: int
@@ -222,8 +223,15 @@ class EncoderParams:
             raise PipelineError(f"{name}.batch_size must be positive, got {self.batch_size}: fix params.yaml")
         if self.scale == "paper":
             check_open_clip_name(self.name, f"{name}.name")
+            # The files open_clip loads must lie in the dep dvc.yaml lists (${encoder.weights}), or a
+            # retrained checkpoint under the same params would not rerun anything. A tag (openai) is
+            # pinned by the open_clip version and a hf-hub: id by its commit: both are params.
+            files = [self.name[len(LOCAL_DIR):]] if self.name.startswith(LOCAL_DIR) else []
+            if os.sep in self.pretrained or self.pretrained.endswith((*CHECKPOINT_SUFFIXES, ".pt")):
+                files.append(self.pretrained)
+            check_data_dep(files, self.weights, f"{name}.weights", f"{name}.name={self.name!r} / {name}.pretrained={self.pretrained!r}")
 
 
 def load_tower_from_params(p: EncoderParams, device: str) -> nn.Module:
     """`load_image_tower` with the `encoder` params section."""
-    return load_image_tower(p.scale, p.mini, p.name, p.pretrained, device)
+    return load_image_tower(p.scale, p.weights, p.name, p.pretrained, device)

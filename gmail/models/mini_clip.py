@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gmail.core.errors import PipelineError, check_loss
+from gmail.models.contrastive import clip_loss
 from gmail.models.image_tower import images_to_tensor
 from gmail.models.text import MINILM_DIM
 
@@ -181,14 +182,6 @@ def encode_sentences(model: MiniClip, sentence_embeddings: np.ndarray, device: s
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(sentence_embeddings)).to(device)
     return F.normalize(model.encode_text(x).float(), dim=-1).cpu()
-
-
-def clip_loss(z_img: torch.Tensor, z_txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of CLIP over a batch of matching (image, text) rows."""
-    z_img, z_txt = F.normalize(z_img, dim=-1), F.normalize(z_txt, dim=-1)
-    logits = logit_scale.exp().clamp(max=100) * z_img @ z_txt.t()
-    labels = torch.arange(len(z_img), device=z_img.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
 def train_mini_clip(

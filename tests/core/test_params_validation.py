@@ -18,7 +18,8 @@ from gmail.core.config import COMMON_SECTIONS, MAIN_SECTIONS, PRETRAIN_SECTIONS,
 from gmail.core.errors import PipelineError, check_loss
 from gmail.downstream.llava import LlmParams
 from gmail.downstream.text_tuning import TuneTextParams
-from gmail.generation.mini_diffusion import TRAIN_TIMESTEPS, GeneratorConfig, train_timesteps
+from gmail.generation.mini_diffusion import GeneratorConfig
+from gmail.generation.samplers import TRAIN_TIMESTEPS, train_timesteps
 from stages.caption import CaptionParams
 from stages.eval_vqa import EvalVqaParams
 from stages.generate import GenParams

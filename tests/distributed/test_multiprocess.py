@@ -60,7 +60,10 @@ def test_two_processes_generate_byte_identical_shards(embedded_workspace, tmp_pa
     assert (outs["one"] / "manifest.jsonl").read_text() == (outs["two"] / "manifest.jsonl").read_text()
 
 
-def test_ddp_alignment_with_two_processes_matches_one(embedded_workspace, tmp_path):
+@pytest.mark.parametrize("sampler", ["memory", "stream"])
+def test_ddp_alignment_with_two_processes_matches_one(sampler, embedded_workspace, tmp_path):
+    """Both samplers: the in-memory one and the streaming one (shards through a seeded shuffle
+    buffer), whose batches do not depend on the process count either."""
     ws = embedded_workspace
     tmp_path = tmp_inside(ws, tmp_path)  # stages write only inside their working directory
     runs = {}
@@ -72,7 +75,7 @@ def test_ddp_alignment_with_two_processes_matches_one(embedded_workspace, tmp_pa
                  "plots": str(tmp_path / name / "plots")}
         # batch 6 of 8 aligned rows' real images (4): every step's batch splits 2 + 2 (or 3 + 3) between the ranks
         p = write_params(tmp_path / f"{name}.yaml", ws / "params.yaml", paths=paths, launcher=launcher,
-                         align={"steps": 5, "batch_size": 4, "lr": 0.01})
+                         align={"steps": 5, "batch_size": 4, "lr": 0.01, "sampler": sampler, "shuffle_buffer": 8})
         _run([sys.executable, "-m", "stages.align", "--params", p], ws, DVC_STAGE="align@generated")  # the key as DVC gives it
         runs[name] = (np.load(emb / "generated/f_g/B.f_g.npy"), json.loads((tmp_path / name / "m/align/generated.json").read_text()),
                       (tmp_path / name / "plots/align/loss-generated.tsv").read_text().splitlines()[1:])

@@ -169,7 +169,25 @@ def test_a_local_dir_without_weights_is_refused_not_loaded_at_random(open_clip_d
 def test_encoder_params_refuse_an_unpinned_hf_hub_name():
     from gmail.models.image_tower import EncoderParams
 
-    params = dict(scale="paper", mini="unused", pretrained="", batch_size=4, device="cpu")
+    params = dict(scale="paper", weights="pretrain/hub-model.txt", pretrained="", batch_size=4, device="cpu")
     EncoderParams(name=f"hf-hub:org/model@{HUB_REVISION}", **params).validate("encoder")
     with pytest.raises(PipelineError, match=r"encoder\.name 'hf-hub:org/model' is not pinned"):
         EncoderParams(name="hf-hub:org/model", **params).validate("encoder")
+
+
+def test_encoder_weights_must_hold_the_files_open_clip_loads(tmp_path):
+    """encoder.weights is the weights dep of every stage that loads f_r: a local-dir: folder or a
+    checkpoint file outside it would let DVC serve embeddings of replaced weights."""
+    from gmail.models.image_tower import EncoderParams
+
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "ckpt.safetensors").write_bytes(b"")
+    params = dict(scale="paper", batch_size=4, device="cpu")
+    EncoderParams(name=f"local-dir:{tmp_path}/clip", weights=str(tmp_path / "clip"), pretrained="", **params).validate("encoder")
+    EncoderParams(name="ViT-B-32", weights=str(tmp_path), pretrained=str(tmp_path / "clip/ckpt.safetensors"), **params).validate("encoder")
+    EncoderParams(name="ViT-B-32", weights="pretrain/hub-model.txt", pretrained="openai", **params).validate("encoder")  # a tag: pinned
+    with pytest.raises(PipelineError, match=r"encoder\.weights='.*other' does not hold '.*clip'"):
+        EncoderParams(name=f"local-dir:{tmp_path}/clip", weights=str(tmp_path / "other"), pretrained="", **params).validate("encoder")
+    with pytest.raises(PipelineError, match=r"encoder\.weights=.*ckpt\.safetensors"):
+        EncoderParams(name="ViT-B-32", weights="pretrain/hub-model.txt", pretrained=str(tmp_path / "clip/ckpt.safetensors"),
+                      **params).validate("encoder")

@@ -73,7 +73,7 @@ def test_repro_runs_to_the_end_then_is_a_no_op(tiny_repo):
     assert {f"metrics/caption/{v}.json" for v in VARIANTS} | {"metrics/align/generated.json", "metrics/align/noise.json"} <= files
     for name, keys in (("retrieval", 6), ("zeroshot", 6), ("long_retrieval", 2)):
         m = json.loads((work / f"metrics/{name}.json").read_text())
-        assert set(m) == {"clip", "synthetic", "gmail", "real"} and len(m["gmail"]) == keys, name
+        assert m.pop("scale") == "mini" and set(m) == {"clip", "synthetic", "gmail", "real"} and len(m["gmail"]) == keys, name
     assert {"metrics/retrieval.json", "metrics/zeroshot.json", "metrics/long_retrieval.json", "metrics/vqa.json"} <= files
     assert "Running stage" not in _run(["dvc", "repro"], work, env)
     assert "up to date" in _run(["dvc", "status", "dvc.yaml"], work, env)

@@ -34,7 +34,7 @@ def test_embed_writes_f_r_embeddings_of_real_b_and_t_and_of_each_generated_shard
     assert [len(np.load(gen / "B.f_r" / s)) for s in shards] == [5, 5, 2]
     index = json.loads((gen / "ids.json").read_text())
     manifest = [json.loads(x) for x in (ws / "data/generated/manifest.jsonl").read_text().splitlines()]
-    assert index == {"B": [m["id"] for m in manifest], "B_source": [m["source_id"] for m in manifest],
+    assert index == {"scale": "mini", "B": [m["id"] for m in manifest], "B_source": [m["source_id"] for m in manifest],
                      "B_caption": [m["caption"] for m in manifest]}
     assert index["B_source"][:4] == [ids["B"][0], ids["B"][0], ids["B"][1], ids["B"][1]]
 
@@ -144,7 +144,7 @@ def test_mismatched_pairs_missing_clip_missing_embeddings_and_bad_source_are_err
     cases = [
         (write_params(ws / "e1.yaml", base, paths={**out, "generated": str(short)}), "generated", "do not hold the manifest"),
         (write_params(ws / "e0.yaml", base, paths={**out, "generated": str(stray)}), "generated", "which is not in B"),
-        (write_params(ws / "e2.yaml", base, paths=out, encoder={"mini": str(tmp_path / "nope")}), "generated", "mini CLIP not found"),
+        (write_params(ws / "e2.yaml", base, paths=out, encoder={"weights": str(tmp_path / "nope")}), "generated", "mini CLIP not found"),
         (write_params(ws / "e3.yaml", base, paths={**out, "embeddings": str(tmp_path / "none")}), "generated", "embeddings"),
         (write_params(ws / "e4.yaml", base, paths=out, encoder={"scale": "huge"}), "generated", "encoder.scale"),
         (write_params(ws / "e5.yaml", base, paths=out, align={"heldout": 6}), "generated", "align.heldout"),

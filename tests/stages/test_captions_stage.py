@@ -129,8 +129,8 @@ def test_b_from_webdataset_shards_and_t_from_karpathy_test(paper_sources, tmp_pa
     coco = paper_sources / "coco"
     params = write_params(tmp_path / "params.yaml", data={
         "source": "webdataset", "source_t": "karpathy", "n_b": 20, "n_t": 5,
-        "paper_b": {"tar_paths": str(paper_sources / "cc3m")},
-        "paper_t": {"json_path": str(coco / "dataset_coco.json"), "image_root": str(coco), "split": "test"}})
+        "paper_b": {"tar_paths": str(paper_sources / "cc3m")}, "b_data": str(paper_sources / "cc3m"),
+        "paper_t": {"json_path": str(coco / "dataset_coco.json"), "image_root": str(coco), "split": "test"}, "t_data": str(coco)})
     captions.main(["--params", params])
     out = tmp_path / "data" / "captions"
     b, t = read_jsonl(out / "B.jsonl"), read_jsonl(out / "T.jsonl")
@@ -141,7 +141,55 @@ def test_b_from_webdataset_shards_and_t_from_karpathy_test(paper_sources, tmp_pa
     assert [r["image_id"] for r in t] == [str(im["cocoid"]) for im in coco_test][:5]
     assert all(Path(r["path"]).is_file() and str(coco) in r["path"] and len(r["captions"]) == 5 for r in t)
     metrics = json.loads((tmp_path / "metrics" / "captions.json").read_text())
-    assert metrics["n_b"] == 20 and metrics["n_t"] == 5 and metrics["refs_per_image"] == 1
+    assert metrics["n_b"] == 20 and metrics["n_t"] == 5 and metrics["refs_per_image"] == 1 and metrics["scale"] == "paper"
+
+
+def _karpathy_params(tmp_path, coco, **data):
+    args = {"json_path": f"{coco}/dataset_coco.json", "image_root": str(coco)}
+    return write_params(tmp_path / "params.yaml", data={
+        "source": "karpathy", "source_t": "karpathy", "n_b": 4, "n_t": 2, "b_data": str(coco), "t_data": str(coco),
+        "paper_b": {**args, "split": "train"}, "paper_t": {**args, "split": "test"}, **data})
+
+
+def test_relative_image_paths_are_stored_relative_to_the_jsonl(paper_sources, tmp_path, monkeypatch):
+    """Params paths are relative to the repository; the JSONL's are relative to its own folder,
+    where every reader resolves them (a relative Karpathy image_root once broke embed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "coco").symlink_to(paper_sources / "coco")
+    captions.main(["--params", _karpathy_params(tmp_path, "coco")])
+    out = tmp_path / "data" / "captions"
+    for rec in read_jsonl(out / "B.jsonl") + read_jsonl(out / "T.jsonl"):
+        assert rec["path"].startswith("../../coco/") and (out / rec["path"]).is_file(), rec["path"]
+
+
+@pytest.mark.parametrize("key", ["b_data", "t_data"])
+def test_a_data_dep_that_does_not_hold_the_source_files_is_a_one_line_error(key, paper_sources, tmp_path, monkeypatch, capsys):
+    """data.b_data / t_data are captions' deps on what the sources read: one that misses them would
+    let DVC serve captions of old data, so the stage refuses it."""
+    monkeypatch.chdir(tmp_path)
+    params = _karpathy_params(tmp_path, paper_sources / "coco", **{key: str(paper_sources / "cc3m")})
+    assert run(captions.main, ["--params", params]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"data.{key}=" in err[0] and "dataset_coco.json" in err[0], err
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_audit_report_tells_mini_code_from_paper_code(paper_sources, tmp_path):
+    """GMAIL_AUDIT_DIR (tools.paper_smoke): a paper-scale run reports its scale and no mini module or
+    easy-vqa file; the mini run of the same stage reports the easy-vqa reader and files it used."""
+    from helpers import run_stage
+
+    reports = {}
+    for scale in ("paper", "mini"):
+        ws = tmp_path / scale
+        ws.mkdir()
+        _karpathy_params(ws, paper_sources / "coco") if scale == "paper" else data_params(ws / "params.yaml")
+        proc = run_stage(ws, "stages.captions", env={"GMAIL_AUDIT_DIR": str(ws / "audit")})
+        assert proc.returncode == 0, proc.stderr
+        reports[scale] = json.loads((ws / "audit" / "captions.json").read_text())
+    assert reports["paper"] == {"stage": "captions", "scale": "paper", "mini_modules": [], "easy_vqa_files": []}
+    assert reports["mini"]["scale"] == "mini"
+    assert "gmail.data.easy_vqa_captions" in reports["mini"]["mini_modules"] and reports["mini"]["easy_vqa_files"]
 
 
 @pytest.mark.parametrize("data,message", [

@@ -47,6 +47,7 @@ def test_every_row_gets_mean_and_std_of_six_recalls(tuned, monkeypatch):
     monkeypatch.chdir(ws)
     eval_retrieval.main(["--params", params(ws, "main")])
     m = json.loads((ws / "er/main/metrics/retrieval.json").read_text())
+    assert m.pop("scale") == "mini"  # the scale the stage ran at, beside the rows
     assert list(m) == ["clip", "gmail", "real", "synthetic"]  # sorted keys
     for row, values in m.items():
         assert set(values) == KEYS, row
@@ -63,6 +64,7 @@ def test_a_rows_numbers_are_its_towers_recalls_averaged_over_seeds(tuned, monkey
     monkeypatch.chdir(ws)
     eval_retrieval.main(["--params", params(ws, "check")])
     m = json.loads((ws / "er/check/metrics/retrieval.json").read_text())
+    m.pop("scale")
     records, z = real_test_set(ws / "data/captions", ws / "data/embeddings")
     texts, index = retrieval_texts(records)
     pos = positive_pairs(texts, index, [r["captions"] for r in records], "text")
@@ -88,6 +90,7 @@ def test_karpathy_source_reads_a_split_file_and_embeds_its_test_images(tuned, mo
         "data": os.path.commonpath([tmp_path, ws])})  # the dep must hold both
     eval_retrieval.main(["--params", p])
     m = json.loads((ws / "er/flickr/metrics/retrieval.json").read_text())
+    m.pop("scale")
     assert set(m) == {"clip", *ROWS} and set(m["gmail"]) == KEYS
     assert json.loads((ws / "er/flickr/stats/eval_retrieval.json").read_text())["images"] == 3
 
@@ -128,7 +131,8 @@ def test_paper_scale_open_clip_text_tower_end_to_end(aligned_workspace, monkeypa
     open_clip.add_model_config(tmp_path / "gmail-tiny-retrieval.json")
     torch.manual_seed(0)
     torch.save(open_clip.create_model("gmail-tiny-retrieval", pretrained=None).state_dict(), tmp_path / "tiny.pt")
-    paper = {"scale": "paper", "name": "gmail-tiny-retrieval", "pretrained": str(tmp_path / "tiny.pt"), "device": "cpu"}
+    paper = {"scale": "paper", "name": "gmail-tiny-retrieval", "pretrained": str(tmp_path / "tiny.pt"), "weights": str(tmp_path),
+             "device": "cpu"}
     p = params(ws, "paper", encoder=paper, tune_text={"rows": ["real"]},
                paths={"embeddings": "er/paper/emb", "text_towers": "er/paper/towers"})
     embed.main(["--params", p])
@@ -136,4 +140,4 @@ def test_paper_scale_open_clip_text_tower_end_to_end(aligned_workspace, monkeypa
     assert json.loads((ws / "er/paper/towers/real/seed0/text.json").read_text())["scale"] == "paper"
     eval_retrieval.main(["--params", p])
     m = json.loads((ws / "er/paper/metrics/retrieval.json").read_text())
-    assert set(m) == {"clip", "real"} and set(m["real"]) == KEYS
+    assert m.pop("scale") == "paper" and set(m) == {"clip", "real"} and set(m["real"]) == KEYS

@@ -45,7 +45,7 @@ def test_every_row_reports_accuracy_and_per_class_recall_per_attribute(tuned, mo
     monkeypatch.chdir(ws)
     eval_zeroshot.main(["--params", params(ws, "main")])
     m = json.loads((ws / "ez/main/metrics/zeroshot.json").read_text())
-    assert set(m) == {"clip", *ROWS}
+    assert m.pop("scale") == "mini" and set(m) == {"clip", *ROWS}
     keys = {f"{a}_{k}" for a in ("colour", "shape", "size") for k in ("acc1", "mean_per_class_recall")}
     for row, values in m.items():
         assert set(values) == keys, row
@@ -70,6 +70,7 @@ def test_clip_benchmark_source_builds_datasets_from_a_local_root(tuned, monkeypa
                                             "data": str(tmp_path)})
     eval_zeroshot.main(["--params", p])
     m = json.loads((ws / "ez/cb/metrics/zeroshot.json").read_text())
+    m.pop("scale")
     assert set(m["real"]) == {"fer2013_acc1", "fer2013_mean_per_class_recall"}
     assert any(m["clip"]["fer2013_acc1"]["mean"] == pytest.approx(100 * k / 7) for k in range(8))  # 7 images, one tower
     assert all(0 <= m[r][k]["mean"] <= 100 for r in m for k in m[r])
