@@ -14,7 +14,7 @@ from helpers import ROOT, VARIANTS, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-COPY = ["gmail", "stages", "dvc.yaml", "pretrain/dvc.yaml", "pretrain/dvc.lock", "pretrain/params.yaml",
+COPY = ["gmail", "stages", "dvc.yaml", "requirements.txt", "pretrain/dvc.yaml", "pretrain/dvc.lock", "pretrain/params.yaml",
         "pretrain/models", "metrics/pretrain", "plots/pretrain", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 
